@@ -1,0 +1,14 @@
+// The op schemas of detox_kernels, declared once. Kernels register per dispatch key in their
+// own files (cpu/*_cpu.cpp, cuda/*_binding.cpp); fake implementations live in
+// detox_kernels/_fake.py; the Triton kernels are separate ops (detox::*_triton).
+#include <torch/library.h>
+
+TORCH_LIBRARY(detox, m) {
+  // Soft Contrastive Decoding (../shared/specs/socd.md). Writes the new logits into `out`
+  // (which may be `base` itself) and per-row statistics into alpha [B] f32, divergence [B] f32
+  // and k [B] i32. divergence_kind: 0 fkl, 1 rkl, 2 skl, 3 jsd, 4 tvd, 5 l2.
+  m.def(
+      "socd(Tensor base, Tensor toxic, Tensor(a!) out, Tensor(b!) alpha, Tensor(c!) divergence, "
+      "Tensor(d!) k, int divergence_kind, int k_min, int k_max, int vocab_size, bool k_ceil, "
+      "bool signed_subtract) -> ()");
+}
