@@ -29,11 +29,11 @@ class Backend:
     unavailable_reason: Callable[[], str | None]
     input_reasons: Callable[..., list[str]] = field(default=lambda *a, **k: [])
 
-    def not_supported_reasons(self, *args, **kwargs) -> list[str]:
+    def not_supported_reasons(self, *args, forced: bool = False, **kwargs) -> list[str]:
         why = self.unavailable_reason()
         if why is not None:
             return [why]
-        return list(self.input_reasons(*args, **kwargs))
+        return list(self.input_reasons(*args, forced=forced, **kwargs))
 
 
 def _check_forced(name: str | None) -> str | None:
@@ -50,7 +50,7 @@ def select(op: str, backends: Sequence[Backend], *args, backend: str | None = No
     if forced is not None:
         for b in backends:
             if b.name == forced:
-                reasons = b.not_supported_reasons(*args, **kwargs)
+                reasons = b.not_supported_reasons(*args, forced=True, **kwargs)
                 if reasons:
                     raise BackendUnavailableError(
                         f"{op}: backend {forced!r} was forced but cannot run this input: "

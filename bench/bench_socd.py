@@ -1,0 +1,162 @@
+"""Benchmark of the SoCD op: every available backend against the eager references.
+
+    python bench/bench_socd.py                 # CPU: ratios, measured side by side in one run
+    python bench/bench_socd.py --device cuda   # GPU: microseconds, GB/s, fraction of the floor
+
+Baselines on the same inputs: ``reference`` (the float64 PyTorch reference, what the tests
+compare against) and ``eager-fp32`` (a straightforward float32 PyTorch port with torch.topk,
+i.e. the obvious vectorised rewrite of the official code). Raw numbers go to a JSON file
+(``bench/results/socd-<device>-<host>.json`` by default) with the versions and the commit.
+On a CPU only ratios mean something (shared, noisy machines); on a GPU absolute times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import detox_kernels  # noqa: E402
+from detox_kernels.reference import socd_reference  # noqa: E402
+
+socd_mod = sys.modules["detox_kernels.socd"]
+
+
+def eager_fp32(x, y, k_min=10, k_max=None):
+    """Plain float32 PyTorch SoCD (l2, ceil, |y|): softmaxes, torch.topk over delta."""
+    v = x.shape[-1]
+    k_max = v // 2 if k_max is None else k_max
+    lx, ly = torch.log_softmax(x.float(), -1), torch.log_softmax(y.float(), -1)
+    d = (lx.exp() - ly.exp()).norm(dim=-1)
+    l1 = torch.log1p(d)
+    alpha = l1 / (1 + l1)
+    k = torch.ceil(alpha * v).clamp(min=k_min, max=k_max).long()
+    delta = ly - lx
+    kk = int(k.max())  # one host sync: topk needs a Python int
+    vals, idx = torch.topk(delta, kk, dim=-1)
+    keep = (torch.arange(kk, device=x.device) < k.unsqueeze(-1)) & (vals > 0)
+    sub = torch.zeros_like(x, dtype=torch.float32).scatter_(-1, idx, keep.float())
+    return (x.float() - sub * alpha.unsqueeze(-1) * y.float().abs()).to(x.dtype)
+
+
+def time_cpu(fn, repeats, min_time=0.2):
+    fn()  # warm up
+    times = []
+    t_end = time.perf_counter() + min_time
+    while len(times) < repeats or time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if len(times) >= 10 * repeats:
+            break
+    return times
+
+
+def time_cuda(fn):
+    import triton.testing
+
+    return [t * 1e-3 for t in triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="all")]
+
+
+def measure_copy_bandwidth():
+    n = 256 * 1024 * 1024 // 4
+    a = torch.empty(n, device="cuda")
+    b = torch.empty_like(a)
+    t = statistics.median(time_cuda(lambda: b.copy_(a)))
+    return 2 * a.numel() * 4 / t
+
+
+def git_commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--batches", default="1,8,64")
+    ap.add_argument("--vocabs", default="32000,49152,151936")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--divergence", default="l2")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--backends", default=None, help="comma-separated subset (default: every available one)")
+    ap.add_argument("--out", default=None, help="JSON file for the raw results")
+    args = ap.parse_args(argv)
+
+    dev = args.device
+    dtype = getattr(torch, args.dtype)
+    backends = []
+    for b in socd_mod.BACKENDS:
+        if b.name == "reference" or b.unavailable_reason() is not None:
+            continue
+        if dev == "cpu" and b.name in ("cuda", "triton"):
+            continue
+        if dev == "cuda" and b.name == "cpu":
+            continue
+        backends.append(b.name)
+    if args.backends:
+        backends = [b for b in backends if b in args.backends.split(",")]
+    timer = time_cuda if dev == "cuda" else (lambda fn: time_cpu(fn, args.repeats))
+    peak = measure_copy_bandwidth() if dev == "cuda" else None
+    info = {
+        "device": torch.cuda.get_device_name(0) if dev == "cuda" else platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "triton": getattr(__import__("triton"), "__version__", None) if "triton" in backends else None,
+        "threads": torch.get_num_threads(),
+        "commit": git_commit(),
+        "dtype": args.dtype,
+        "divergence": args.divergence,
+        "copy_bandwidth_GBps": peak / 1e9 if peak else None,
+    }
+    rows = []
+    print(f"# SoCD benchmark on {info['device']} ({dev}), torch {info['torch']}, {args.dtype}, {args.divergence}, "
+          f"{info['threads']} threads")
+    for v in [int(s) for s in args.vocabs.split(",")]:
+        for b in [int(s) for s in args.batches.split(",")]:
+            g = torch.Generator().manual_seed(b * 7 + v)
+            x = (torch.randn(b, v, generator=g) * 3).to(dtype).to(dev)
+            y = (x.float().cpu() + torch.randn(b, v, generator=g)).to(dtype).to(dev)
+            out = torch.empty_like(x)
+            fns = {"reference": lambda: socd_reference(x, y, divergence=args.divergence),
+                   "eager-fp32": lambda: eager_fp32(x, y)}
+            for name in backends:
+                fns[name] = (lambda n=name: detox_kernels.socd(x, y, divergence=args.divergence, out=out, backend=n))
+            res = {name: timer(fn) for name, fn in fns.items()}
+            med = {name: statistics.median(t) for name, t in res.items()}
+            floor_bytes = 3 * b * v * x.element_size()
+            for name, t in med.items():
+                row = {"B": b, "V": v, "impl": name, "median_s": t, "samples_s": res[name],
+                       "speedup_vs_reference": med["reference"] / t, "speedup_vs_eager_fp32": med["eager-fp32"] / t}
+                if dev == "cuda":
+                    row["GBps"] = floor_bytes / t / 1e9
+                    row["fraction_of_floor"] = (floor_bytes / peak) / t
+                rows.append(row)
+            line = f"B={b:<3} V={v:<6} " + "  ".join(
+                f"{n}: {'%.1f us' % (med[n] * 1e6) if dev == 'cuda' else 'x%.2f' % (med['reference'] / med[n])}"
+                + (f" ({med['eager-fp32'] / med[n]:.2f}x eager-fp32)" if n in backends else "")
+                for n in med)
+            print(line, flush=True)
+    path = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                    f"socd-{dev}-{platform.node() or 'host'}.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"info": info, "rows": rows}, f, indent=1)
+    print(f"raw results: {path}")
+    if dev == "cpu":
+        print("CPU numbers are speed-ups over the float64 reference measured in this run (x > 1 is faster).")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,430 @@
+"""Triton backend of the SoCD op: ``torch.ops.detox.socd_triton``.
+
+Same arguments and the same kernel contract as the C++ op ``detox::socd`` (see the module
+docstring of ``detox_kernels/reference/socd.py``): it writes the new logits into ``out`` (which
+may be ``base`` itself) and the per-row statistics into ``alpha`` [B] f32, ``divergence`` [B]
+f32 and ``k`` [B] i32. One Triton program handles one row (grid ``(B,)``) and loops over it in
+``BLOCK``-sized chunks, accumulating in fp32:
+
+1. max of ``x`` and ``y`` and the validity flags (NaN / +inf in ``x[:V]`` or ``y[:V]``, or a row
+   that is entirely -inf: divergence NaN, alpha 0, k 0, row copied);
+2. the softmax sums, and ``E_p[x - y]``, ``E_q[y - x]`` for fkl / rkl / skl (-inf entries as in
+   ``csrc/cpu/socd_cpu.h``); jsd / tvd / l2 take one more pass over the normalised p and q;
+3. ``alpha`` and ``k`` with the float32 formulas of ``csrc/common/socd_params.h``;
+4. the candidates ``key = y - x > c`` (float32 key, ``c = lse(y) - lse(x)``), counted together
+   with the first radix round; ``m = min(k, #candidates)``;
+5. when ``0 < m < #candidates``: an exact radix select of the m-th largest key over the
+   order-preserving uint32 image of the key (4 rounds of 8 bits, ``tl.histogram`` with 256
+   bins), giving the threshold ``T`` and the number ``G`` of candidates above it; the
+   ``m - G`` candidates equal to ``T`` with the lowest token ids are taken as well;
+6. the write: ``out = x - alpha * |y|`` (or ``alpha * y``) on the selected tokens, computed in
+   fp32 and rounded to the output dtype; ``out = x`` elsewhere (not written when ``out`` is
+   ``base``); the padded columns ``>= vocab_size`` are copied.
+
+No host synchronisation: every decision on tensor values is taken inside the kernel.
+
+Without Triton the module still imports, with ``AVAILABLE = False`` and the reason in
+``UNAVAILABLE_REASON``. Under ``TRITON_INTERPRET=1`` the kernel runs on CPU tensors (slowly; the
+chunk size is then made large, since the interpreter's cost is per Triton operation).
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+    from triton.language.extra import libdevice
+except Exception as exc:  # noqa: BLE001  (ImportError, or a broken Triton install)
+    triton = None
+    tl = None
+    libdevice = None
+    AVAILABLE = False
+    UNAVAILABLE_REASON: str | None = f"triton could not be imported ({type(exc).__name__}: {exc})"
+else:
+    AVAILABLE = True
+    UNAVAILABLE_REASON = None
+
+DIVERGENCE_KINDS = ("fkl", "rkl", "skl", "jsd", "tvd", "l2")  # op codes 0..5
+
+# Chunk sizes. On a GPU a program streams its row through BLOCK-wide vectors (8 fp32 values per
+# thread at 4096 / 16 warps); the interpreter executes each Triton operation as one numpy call,
+# so there the chunk is as wide as the row allows (up to INTERPRET_MAX_BLOCK).
+GPU_BLOCK = 4096
+GPU_NUM_WARPS = 16
+INTERPRET_MAX_BLOCK = 1 << 16
+MIN_BLOCK = 256  # at least the 256 histogram bins wide
+
+if AVAILABLE:
+    # Reductions go through tl.reduce / tl.associative_scan with Triton's own combine functions
+    # rather than tl.sum / tl.max / tl.cumsum: same code on a GPU, but the interpreter maps these
+    # combine functions to numpy directly, while every call of a nested @triton.jit function
+    # (tl.sum, tl.zeros, ... are such functions) costs it milliseconds.
+    _sum_combine = tl.standard._sum_combine
+    _max_combine = tl.standard._elementwise_max
+
+    @triton.jit
+    def _socd_kernel(
+        x_ptr,
+        y_ptr,
+        out_ptr,
+        alpha_ptr,
+        div_ptr,
+        k_ptr,
+        x_stride,
+        y_stride,
+        out_stride,
+        W,  # padded width V'
+        V,  # vocab_size: columns that take part
+        k_min,  # already clipped to [0, V] by the host (does not change the result)
+        k_max,
+        DIV: tl.constexpr,  # 0 fkl, 1 rkl, 2 skl, 3 jsd, 4 tvd, 5 l2
+        K_CEIL: tl.constexpr,
+        SIGNED: tl.constexpr,
+        COPY: tl.constexpr,  # False when out is base: write only the changed tokens
+        GPU_MATH: tl.constexpr,  # libdevice log1p / mul_rn / sub_rn (False in the interpreter)
+        BLOCK: tl.constexpr,
+    ):
+        NINF: tl.constexpr = float("-inf")
+        PINF: tl.constexpr = float("inf")
+        row = tl.program_id(0).to(tl.int64)
+        xr = x_ptr + row * x_stride
+        yr = y_ptr + row * y_stride
+        orow = out_ptr + row * out_stride
+        lanes = tl.arange(0, BLOCK)
+        bins = tl.arange(0, 256)
+
+        # ---- pass 1: maxima and validity ------------------------------------------------------
+        mx_v = tl.full([BLOCK], NINF, tl.float32)
+        my_v = tl.full([BLOCK], NINF, tl.float32)
+        bad_v = tl.full([BLOCK], 0, tl.int1)
+        for start in range(0, V, BLOCK):
+            offs = start + lanes
+            msk = offs < V
+            a = tl.load(xr + offs, mask=msk, other=NINF).to(tl.float32)
+            b = tl.load(yr + offs, mask=msk, other=NINF).to(tl.float32)
+            mx_v = tl.maximum(mx_v, a)
+            my_v = tl.maximum(my_v, b)
+            # NaN and +inf are exactly the values that are not < +inf
+            bad_v = bad_v | (((a < PINF) & (b < PINF)) == 0)
+        mx = tl.reduce(mx_v, 0, _max_combine)
+        my = tl.reduce(my_v, 0, _max_combine)
+        n_bad = tl.reduce(bad_v.to(tl.int32), 0, _sum_combine)
+        valid = (n_bad == 0) & (mx > NINF) & (my > NINF)
+
+        d = float("nan")  # divergence (NaN for invalid rows)
+        alpha = 0.0
+        m = 0  # tokens changed
+        thr = tl.full([], 0xFFFFFFFF, tl.uint32)  # threshold on the ordered key
+        n_tie = 0  # tokens equal to the threshold that are taken (lowest ids first)
+        c = 0.0
+        if valid:
+            # ---- pass 2: softmax sums (and the KL expectations) -------------------------------
+            sx_v = tl.full([BLOCK], 0, tl.float32)
+            sy_v = tl.full([BLOCK], 0, tl.float32)
+            ax_v = tl.full([BLOCK], 0, tl.float32)
+            ay_v = tl.full([BLOCK], 0, tl.float32)
+            finf_v = tl.full([BLOCK], 0, tl.int1)
+            rinf_v = tl.full([BLOCK], 0, tl.int1)
+            for start in range(0, V, BLOCK):
+                offs = start + lanes
+                msk = offs < V
+                a = tl.load(xr + offs, mask=msk, other=NINF).to(tl.float32)
+                b = tl.load(yr + offs, mask=msk, other=NINF).to(tl.float32)
+                ea = tl.exp(a - mx)
+                eb = tl.exp(b - my)
+                sx_v += ea
+                sy_v += eb
+                if DIV <= 2:
+                    a_fin = a > NINF
+                    b_fin = b > NINF
+                    both = a_fin & b_fin
+                    # terms with p_j = 0 contribute 0; p_j > 0 with q_j = 0 gives +inf
+                    diff = tl.where(both, a, 0.0) - tl.where(both, b, 0.0)
+                    if DIV != 1:
+                        ax_v += ea * diff
+                        finf_v = finf_v | (a_fin & (b_fin == 0))
+                    if DIV != 0:
+                        ay_v -= eb * diff
+                        rinf_v = rinf_v | (b_fin & (a_fin == 0))
+            sx = tl.reduce(sx_v, 0, _sum_combine)
+            sy = tl.reduce(sy_v, 0, _sum_combine)
+            lse_x = mx + tl.log(sx)
+            lse_y = my + tl.log(sy)
+            c = lse_y - lse_x
+
+            if DIV <= 2:
+                fkl = 0.0
+                rkl = 0.0
+                if DIV != 1:
+                    fkl = tl.div_rn(tl.reduce(ax_v, 0, _sum_combine), sx) - lse_x + lse_y
+                    fkl = tl.where(tl.reduce(finf_v.to(tl.int32), 0, _sum_combine) > 0, PINF, fkl)
+                if DIV != 0:
+                    rkl = tl.div_rn(tl.reduce(ay_v, 0, _sum_combine), sy) - lse_y + lse_x
+                    rkl = tl.where(tl.reduce(rinf_v.to(tl.int32), 0, _sum_combine) > 0, PINF, rkl)
+                if DIV == 0:
+                    d = fkl
+                elif DIV == 1:
+                    d = rkl
+                else:
+                    d = 0.5 * (fkl + rkl)
+            else:
+                # ---- pass 3: divergences of the normalised p and q ----------------------------
+                acc_v = tl.full([BLOCK], 0, tl.float32)
+                for start in range(0, V, BLOCK):
+                    offs = start + lanes
+                    msk = offs < V
+                    a = tl.load(xr + offs, mask=msk, other=NINF).to(tl.float32)
+                    b = tl.load(yr + offs, mask=msk, other=NINF).to(tl.float32)
+                    if DIV == 3:  # jsd: 1/2 sum p log(p/m) + 1/2 sum q log(q/m), m = (p+q)/2
+                        a_fin = a > NINF
+                        b_fin = b > NINF
+                        lp = tl.where(a_fin, a - lse_x, 0.0)
+                        lq = tl.where(b_fin, b - lse_y, 0.0)
+                        pj = tl.where(a_fin, tl.exp(lp), 0.0)
+                        qj = tl.where(b_fin, tl.exp(lq), 0.0)
+                        mj = 0.5 * (pj + qj)
+                        lm = tl.log(tl.where(mj > 0.0, mj, 1.0))
+                        acc_v += pj * (lp - lm) + qj * (lq - lm)
+                    else:
+                        pj = tl.exp(a - lse_x)
+                        qj = tl.exp(b - lse_y)
+                        if DIV == 4:
+                            acc_v += tl.abs(pj - qj)
+                        else:
+                            acc_v += (pj - qj) * (pj - qj)
+                acc = tl.reduce(acc_v, 0, _sum_combine)
+                if DIV == 5:
+                    d = tl.sqrt_rn(acc)
+                else:
+                    d = 0.5 * acc
+
+            # ---- alpha and k (csrc/common/socd_params.h) ---------------------------------------
+            finite = tl.abs(d) < PINF  # False for +-inf and NaN
+            dc = tl.where(finite & (d > 0.0), d, 0.0)
+            if GPU_MATH:
+                l1p = libdevice.log1p(dc)
+            else:
+                # log1p in float64 (Goldberg's form), rounded to float32
+                dd = dc.to(tl.float64)
+                uu = 1.0 + dd
+                uu_m1 = tl.where(uu == 1.0, 1.0, uu - 1.0)
+                l1p = tl.where(uu == 1.0, dd, tl.log(uu) * (dd / uu_m1)).to(tl.float32)
+            alpha = tl.where(finite, tl.div_rn(l1p, 1.0 + l1p), 0.0)
+            s = alpha * (V * 1.0)  # float(V), as static_cast<float>
+            if K_CEIL:
+                kf = tl.ceil(s)
+            else:
+                kf = tl.floor(s)
+            kk = tl.minimum(tl.maximum(kf.to(tl.int32), k_min), k_max)
+
+            # ---- pass 4: candidates key > c, and the first radix round (top 8 bits) -----------
+            hist = tl.full([256], 0, tl.int32)
+            for start in range(0, V, BLOCK):
+                offs = start + lanes
+                msk = offs < V
+                a = tl.load(xr + offs, mask=msk, other=0.0).to(tl.float32)
+                b = tl.load(yr + offs, mask=msk, other=NINF).to(tl.float32)
+                # key = y - x (float32); y = -inf (masked lanes too) gives -inf, never a candidate,
+                # and -0.0 is folded into +0.0 so that equal keys have equal images
+                key = b - tl.where(b == NINF, 0.0, a)
+                key = tl.where(key == 0.0, 0.0, key)
+                kb = key.to(tl.uint32, bitcast=True)
+                u = tl.where((kb & 0x80000000) != 0, kb ^ 0xFFFFFFFF, kb | 0x80000000)
+                cand = key > c
+                hist += tl.histogram((u >> 24).to(tl.int32), 256, mask=cand)
+            npos = tl.reduce(hist, 0, _sum_combine)
+            m = tl.where(finite, tl.minimum(kk, npos), 0)
+
+            # default: every candidate (m == npos), or none (m == 0)
+            thr = tl.where(m > 0, tl.full([], 0, tl.uint32), thr)
+            if (m > 0) & (m < npos):
+                # ---- radix select of the m-th largest key, 8 bits a round, top bits first ------
+                # Each round finds the bin b holding the rem-th largest live key, counts the live
+                # keys in bins above b (all taken) and keeps the keys in b live for the next round.
+                # If b is taken whole (its count equals rem), the selection is settled: the
+                # threshold is the lowest value of b and every key in b is taken.
+                shift = 24
+                above = tl.reduce(hist, 0, _sum_combine) - tl.associative_scan(hist, 0, _sum_combine)
+                hit = (above < m) & (above + hist >= m)  # exactly one bin, and it is not empty
+                bsel = tl.reduce(tl.where(hit, bins, -1), 0, _max_combine)
+                n_above = tl.reduce(tl.where(hit, above, 0), 0, _sum_combine)
+                n_bin = tl.reduce(tl.where(hit, hist, 0), 0, _sum_combine)
+                rem = m - n_above
+                prefix = bsel.to(tl.uint32)
+                while (shift > 0) & (n_bin > rem):
+                    shift -= 8
+                    hist = tl.full([256], 0, tl.int32)
+                    for start in range(0, V, BLOCK):
+                        offs = start + lanes
+                        msk = offs < V
+                        a = tl.load(xr + offs, mask=msk, other=0.0).to(tl.float32)
+                        b = tl.load(yr + offs, mask=msk, other=NINF).to(tl.float32)
+                        key = b - tl.where(b == NINF, 0.0, a)  # as in pass 4
+                        key = tl.where(key == 0.0, 0.0, key)
+                        kb = key.to(tl.uint32, bitcast=True)
+                        u = tl.where((kb & 0x80000000) != 0, kb ^ 0xFFFFFFFF, kb | 0x80000000)
+                        live = (key > c) & ((u >> (shift + 8)) == prefix)
+                        hist += tl.histogram(((u >> shift) & 0xFF).to(tl.int32), 256, mask=live)
+                    above = tl.reduce(hist, 0, _sum_combine) - tl.associative_scan(hist, 0, _sum_combine)
+                    hit = (above < rem) & (above + hist >= rem)
+                    bsel = tl.reduce(tl.where(hit, bins, -1), 0, _max_combine)
+                    n_above = tl.reduce(tl.where(hit, above, 0), 0, _sum_combine)
+                    n_bin = tl.reduce(tl.where(hit, hist, 0), 0, _sum_combine)
+                    rem = rem - n_above
+                    prefix = (prefix << 8) | bsel.to(tl.uint32)
+                # every live key >= thr is taken, plus the first n_tie (by token id) equal to it
+                thr = prefix << shift
+                n_tie = rem
+
+        # ---- statistics -----------------------------------------------------------------------
+        tl.store(alpha_ptr + row, alpha)
+        tl.store(div_ptr + row, d)
+        tl.store(k_ptr + row, m)
+
+        # ---- write ------------------------------------------------------------------------------
+        if m > 0:
+            if COPY:
+                end = W
+            else:
+                end = V
+            seen = 0  # candidates equal to the threshold met so far (in token order)
+            for start in range(0, end, BLOCK):
+                offs = start + lanes
+                msk_w = offs < end
+                msk = offs < V
+                x_raw = tl.load(xr + offs, mask=msk_w, other=0.0)
+                a = x_raw.to(tl.float32)
+                b = tl.load(yr + offs, mask=msk, other=NINF).to(tl.float32)
+                # key = y - x (float32); y = -inf (masked lanes too) gives -inf, never a candidate,
+                # and -0.0 is folded into +0.0 so that equal keys have equal images
+                key = b - tl.where(b == NINF, 0.0, a)
+                key = tl.where(key == 0.0, 0.0, key)
+                kb = key.to(tl.uint32, bitcast=True)
+                u = tl.where((kb & 0x80000000) != 0, kb ^ 0xFFFFFFFF, kb | 0x80000000)
+                cand = key > c
+                eq = (cand & (u == thr)).to(tl.int32)
+                rank = seen + tl.associative_scan(eq, 0, _sum_combine)  # 1-based rank among the ties
+                sel = (cand & (u > thr)) | ((eq != 0) & (rank <= n_tie))
+                seen += tl.reduce(eq, 0, _sum_combine)
+                b0 = tl.where(b == NINF, 0.0, b)  # selected tokens never have y = -inf
+                if SIGNED:
+                    sub = b0
+                else:
+                    sub = tl.abs(b0)
+                if GPU_MATH:  # no fused multiply-add: the same roundings as the CPU kernel
+                    new = libdevice.sub_rn(a, libdevice.mul_rn(alpha, sub))
+                else:
+                    new = a - alpha * sub
+                if (not GPU_MATH) and (x_raw.dtype == tl.bfloat16):
+                    # the interpreter truncates fp32 -> bf16; round to nearest even by hand
+                    nb = new.to(tl.uint32, bitcast=True)
+                    nb = (nb + 0x7FFF + ((nb >> 16) & 1)) >> 16
+                    new = nb.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+                else:
+                    new = new.to(x_raw.dtype)
+                if COPY:
+                    tl.store(orow + offs, tl.where(sel, new, x_raw), mask=msk_w)
+                else:
+                    tl.store(orow + offs, new, mask=sel)
+        else:
+            if COPY:
+                for start in range(0, W, BLOCK):
+                    offs = start + lanes
+                    msk_w = offs < W
+                    tl.store(orow + offs, tl.load(xr + offs, mask=msk_w), mask=msk_w)
+
+    def _is_interpreted(kernel) -> bool:
+        try:
+            from triton.runtime.interpreter import InterpretedFunction
+        except ImportError:  # pragma: no cover
+            return False
+        return isinstance(kernel, InterpretedFunction)
+
+    _INTERPRETED = _is_interpreted(_socd_kernel)
+
+    def _block_for(width: int) -> int:
+        if _INTERPRETED:
+            return max(MIN_BLOCK, min(INTERPRET_MAX_BLOCK, triton.next_power_of_2(max(width, 1))))
+        return max(MIN_BLOCK, min(GPU_BLOCK, triton.next_power_of_2(max(width, 1))))
+
+    def _check(base, toxic, out, alpha, divergence, k, divergence_kind, k_min, k_max, vocab_size):
+        if base.dim() != 2:
+            raise ValueError(f"detox::socd_triton: base logits must be [B, V], got {tuple(base.shape)}")
+        if toxic.shape != base.shape or out.shape != base.shape:
+            raise ValueError(
+                f"detox::socd_triton: toxic {tuple(toxic.shape)} and out {tuple(out.shape)} must "
+                f"have the shape of the base logits {tuple(base.shape)}"
+            )
+        if base.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise ValueError(f"detox::socd_triton: unsupported dtype {base.dtype}")
+        if toxic.dtype != base.dtype or out.dtype != base.dtype:
+            raise ValueError("detox::socd_triton: base, toxic and out must share one dtype")
+        for t in (toxic, out, alpha, divergence, k):
+            if t.device != base.device:
+                raise ValueError("detox::socd_triton: all tensors must be on one device")
+        rows, cols = base.shape
+        if cols > 0 and (base.stride(1) != 1 or toxic.stride(1) != 1 or out.stride(1) != 1):
+            raise ValueError("detox::socd_triton: the last dimension must be contiguous")
+        for name, t, dt in (("alpha", alpha, torch.float32), ("divergence", divergence, torch.float32),
+                            ("k", k, torch.int32)):
+            if t.dtype != dt or t.numel() != rows or not t.is_contiguous():
+                raise ValueError(f"detox::socd_triton: {name} must be a contiguous {dt} [B] tensor")
+        if not 0 <= divergence_kind <= 5:
+            raise ValueError("detox::socd_triton: divergence_kind must be in [0, 5]")
+        if not 0 <= vocab_size <= cols:
+            raise ValueError(f"detox::socd_triton: vocab_size {vocab_size} must be in [0, {cols}]")
+        if vocab_size >= 2**31:
+            raise ValueError("detox::socd_triton: vocab_size must be below 2^31")
+        if k_min < 0 or k_max < 0:
+            raise ValueError("detox::socd_triton: k_min and k_max must be >= 0")
+
+    @torch.library.triton_op("detox::socd_triton", mutates_args={"out", "alpha", "divergence", "k"})
+    def socd_triton(
+        base: torch.Tensor,
+        toxic: torch.Tensor,
+        out: torch.Tensor,
+        alpha: torch.Tensor,
+        divergence: torch.Tensor,
+        k: torch.Tensor,
+        divergence_kind: int,
+        k_min: int,
+        k_max: int,
+        vocab_size: int,
+        k_ceil: bool,
+        signed_subtract: bool,
+    ) -> None:
+        """SoCD with the Triton kernel; the arguments of ``detox::socd`` (see the module doc)."""
+        _check(base, toxic, out, alpha, divergence, k, divergence_kind, k_min, k_max, vocab_size)
+        rows, cols = base.shape
+        if rows == 0:
+            return
+        v = int(vocab_size)
+        # min(clip(r, lo, hi), npos) with npos <= V is unchanged by clipping lo and hi to [0, V];
+        # this keeps every count in int32.
+        lo = min(int(k_min), v)
+        hi = min(int(k_max), v)
+        block = _block_for(cols)
+        torch.library.wrap_triton(_socd_kernel)[(rows,)](
+            base,
+            toxic,
+            out,
+            alpha,
+            divergence,
+            k,
+            base.stride(0),
+            toxic.stride(0),
+            out.stride(0),
+            cols,
+            v,
+            lo,
+            hi,
+            DIV=int(divergence_kind),
+            K_CEIL=bool(k_ceil),
+            SIGNED=bool(signed_subtract),
+            COPY=out is not base,
+            GPU_MATH=not _INTERPRETED,
+            BLOCK=block,
+            num_warps=GPU_NUM_WARPS if block >= 2048 else 4,
+        )

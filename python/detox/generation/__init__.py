@@ -1,0 +1,21 @@
+"""Detoxified generation inside HuggingFace ``generate``: logits processors and a batched driver."""
+
+from .processors import (
+    AuxiliaryLM,
+    ContrastiveDecodingLogitsProcessor,
+    DExpertsLogitsProcessor,
+    SoCDLogitsProcessor,
+    UniDetoxLogitsProcessor,
+    plausibility_mask,
+    top_p_filter,
+)
+
+__all__ = [
+    "AuxiliaryLM",
+    "ContrastiveDecodingLogitsProcessor",
+    "DExpertsLogitsProcessor",
+    "SoCDLogitsProcessor",
+    "UniDetoxLogitsProcessor",
+    "plausibility_mask",
+    "top_p_filter",
+]

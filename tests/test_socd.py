@@ -1,0 +1,279 @@
+"""SoCD on every available backend against the float64 reference (tests/socd_check.py)."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import itertools
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import detox_kernels
+from detox_kernels import socd
+from detox_kernels.dispatch import BackendUnavailableError
+from detox_kernels.reference import DIVERGENCES
+
+from socd_check import check_against_reference, make_logits
+
+socd_module = importlib.import_module("detox_kernels.socd")
+
+
+def available_backends():
+    names = []
+    for b in socd_module.BACKENDS:
+        if b.unavailable_reason() is not None:
+            continue
+        if b.name == "cuda" and not torch.cuda.is_available():
+            continue
+        if b.name == "triton" and not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+            continue
+        if b.name != "reference":
+            names.append(b.name)
+    only = os.environ.get("DETOX_TEST_BACKENDS")  # e.g. "cpu,triton": restrict the backends under test
+    if only:
+        names = [n for n in names if n in only.split(",")]
+    return names
+
+
+BACKENDS = available_backends()
+DEVICE = {"cuda": "cuda", "triton": "cuda" if torch.cuda.is_available() else "cpu", "cpu": "cpu"}
+SETTINGS = {
+    "paper": dict(k_rounding="ceil", subtract="abs", k_max=None),
+    "hspd-code": dict(k_rounding="floor", subtract="signed", k_max="V"),
+}
+VOCABS = (7, 111, 1271, 32000, 49152, 151936)
+BATCHES = (1, 3, 64)
+
+
+def _interpreted(backend):
+    return backend == "triton" and not torch.cuda.is_available()
+
+
+def _cases():
+    for v, b, dtype, div, preset in itertools.product(VOCABS, BATCHES, ("float32", "bfloat16"), DIVERGENCES, SETTINGS):
+        yield pytest.param(v, b, dtype, div, preset, id=f"V{v}-B{b}-{dtype}-{div}-{preset}")
+
+
+@functools.lru_cache(maxsize=2)
+def _inputs(v, b, dtype, seed):
+    return make_logits(b, v, getattr(torch, dtype), seed)
+
+
+@pytest.mark.skipif(not BACKENDS, reason="no compiled or Triton backend available")
+@pytest.mark.parametrize("v,b,dtype,div,preset", list(_cases()))
+def test_socd_matches_reference(v, b, dtype, div, preset):
+    seed = hash((v, b)) % 1000
+    x, y = _inputs(v, b, dtype, seed)
+    s = SETTINGS[preset]
+    k_max = v if s["k_max"] == "V" else None
+    for backend in BACKENDS:
+        dev = DEVICE[backend]
+        out, stats = socd(
+            x.to(dev), y.to(dev), divergence=div, preset=preset, return_stats=True, backend=backend
+        )
+        check_against_reference(
+            out, stats, x, y, divergence=div, k_min=10, k_max=k_max, k_rounding=s["k_rounding"], subtract=s["subtract"]
+        )
+
+
+@pytest.mark.parametrize("backend", BACKENDS + ["reference"])
+@pytest.mark.parametrize(
+    "k_min,k_max",
+    [(0, 0), (0, 1), (1, 1), (10, 3), (0, None), (50, 50), ("V", "V")],
+    ids=["zero", "one", "exactly-one", "min-above-max", "min-zero", "fixed-50", "all"],
+)
+def test_edge_k(backend, k_min, k_max):
+    v = 1271
+    x, y = make_logits(5, v, torch.float32, seed=3)
+    k_min = v if k_min == "V" else k_min
+    k_max = v if k_max == "V" else k_max
+    dev = DEVICE.get(backend, "cpu")
+    out, stats = socd(x.to(dev), y.to(dev), k_min=k_min, k_max=k_max, return_stats=True, backend=backend)
+    check_against_reference(out, stats, x, y, divergence="l2", k_min=k_min, k_max=k_max, k_rounding="ceil", subtract="abs")
+    if k_max == 0:
+        assert torch.equal(out.cpu(), x) and torch.all(stats.k == 0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS + ["reference"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_padding_inplace_and_strides(backend, dtype):
+    dt = getattr(torch, dtype)
+    dev = DEVICE.get(backend, "cpu")
+    v, pad = 1000, 24
+    x, y = make_logits(4, v, dt, seed=11, pad=pad)
+    # rows of a wider buffer: the row stride is not the row length
+    wide_x = torch.zeros(4, 2 * (v + pad), dtype=dt)
+    wide_x[:, : v + pad] = x
+    xs = wide_x[:, : v + pad]
+    expect, stats_ref = socd(x, y, vocab_size=v, return_stats=True, backend="reference")
+    got, stats = socd(xs.to(dev), y.to(dev), vocab_size=v, return_stats=True, backend=backend)
+    check_against_reference(got, stats, x, y, divergence="l2", k_min=10, k_max=None, k_rounding="ceil", subtract="abs", vocab_size=v)
+    # in place, into the input itself
+    inplace = x.clone().to(dev)
+    res = socd(inplace, y.to(dev), vocab_size=v, out=inplace, backend=backend)
+    assert res is inplace
+    torch.testing.assert_close(inplace.cpu(), got.cpu(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS + ["reference"])
+def test_non_finite_rows(backend):
+    dev = DEVICE.get(backend, "cpu")
+    x, y = make_logits(4, 300, torch.float32, seed=5, kinds=("random",))
+    x[1, 7] = float("inf")  # +inf: softmax undefined -> row unchanged
+    y[2] = float("-inf")  # toxic row entirely -inf -> row unchanged
+    out, stats = socd(x.to(dev), y.to(dev), return_stats=True, backend=backend)
+    check_against_reference(out, stats, x, y, divergence="l2", k_min=10, k_max=None, k_rounding="ceil", subtract="abs")
+    for r in (1, 2):
+        assert torch.equal(out[r].cpu(), x[r]) and stats.k[r] == 0 and stats.alpha[r] == 0
+        assert not torch.isfinite(stats.divergence[r])
+    assert stats.k[0] > 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS + ["reference"])
+def test_nan_raises_on_cpu_and_is_reported_otherwise(backend):
+    dev = DEVICE.get(backend, "cpu")
+    x, y = make_logits(3, 200, torch.float32, seed=9, kinds=("random",))
+    y[1, 17] = float("nan")
+    if dev == "cpu":
+        with pytest.raises(ValueError, match=r"NaN in the logits of row\(s\) \[1\]"):
+            socd(x, y, backend=backend)
+    out, stats = socd(x.to(dev), y.to(dev), return_stats=True, check_nan=False, backend=backend)
+    assert torch.equal(out[1].cpu(), x[1]) and torch.isnan(stats.divergence[1]) and stats.k[1] == 0
+    assert stats.k[0] > 0 and stats.k[2] > 0
+
+
+def test_presets_resolve_to_the_documented_settings():
+    x, y = make_logits(3, 500, torch.float32, seed=1)
+    a = socd(x, y, preset="hspd-code", backend="reference")
+    b = socd(x, y, k_rounding="floor", subtract="signed", k_max=500, backend="reference")
+    assert torch.equal(a, b)
+    c = socd(x, y, preset="paper", backend="reference")
+    d = socd(x, y, backend="reference")
+    assert torch.equal(c, d)
+    assert not torch.equal(a, c)
+
+
+def test_bad_arguments_give_clear_errors():
+    x, y = make_logits(2, 100, torch.float32, seed=0)
+    with pytest.raises(ValueError, match="same shape"):
+        socd(x, y[:, :50])
+    with pytest.raises(ValueError, match="same shape"):
+        socd(x[0], y[0])
+    with pytest.raises(ValueError, match="bfloat16"):
+        socd(x, y.bfloat16())
+    with pytest.raises(ValueError, match="float32, float16 or bfloat16"):
+        socd(x.double(), y.double())
+    with pytest.raises(ValueError, match="unknown divergence"):
+        socd(x, y, divergence="kl")
+    with pytest.raises(ValueError, match="unknown preset"):
+        socd(x, y, preset="fast")
+    with pytest.raises(ValueError, match="vocab_size"):
+        socd(x, y, vocab_size=101)
+    with pytest.raises(ValueError, match="k_min and k_max"):
+        socd(x, y, k_min=-1)
+    with pytest.raises(ValueError, match="out must be"):
+        socd(x, y, out=torch.empty(2, 99))
+    with pytest.raises(ValueError, match="unknown backend"):
+        socd(x, y, backend="metal")
+
+
+def test_forced_backend_errors_list_reasons(monkeypatch):
+    x, y = make_logits(2, 100, torch.float32, seed=0)
+    with pytest.raises(BackendUnavailableError, match="cuda.*forced"):
+        socd(x, y, backend="cuda")
+    monkeypatch.setenv("DETOX_BACKEND", "reference")
+    out, stats = socd(x, y, return_stats=True)
+    ref, ref_stats = socd(x, y, return_stats=True, backend="reference")
+    assert torch.equal(out, ref)
+    monkeypatch.setenv("DETOX_BACKEND", "nope")
+    with pytest.raises(ValueError, match="unknown backend 'nope'"):
+        socd(x, y)
+
+
+def test_dispatch_lists_every_reason():
+    from detox_kernels.dispatch import Backend, select
+
+    bs = [
+        Backend("a", None, lambda: "not built"),
+        Backend("b", None, lambda: None, lambda t, forced=False: ["too wide", "wrong dtype"]),
+    ]
+    with pytest.raises(BackendUnavailableError) as info:
+        select("op", bs, torch.zeros(1))
+    msg = str(info.value)
+    assert "a: not built" in msg and "b: too wide; wrong dtype" in msg
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="C++ extension not built")
+def test_auto_dispatch_picks_cpu_kernel_for_cpu_tensors():
+    x, y = make_logits(2, 100, torch.float32, seed=0)
+    assert socd_module.select("socd", socd_module.BACKENDS, x, y).name == "cpu"
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="C++ extension not built")
+def test_opcheck_cpu():
+    x, y = make_logits(3, 257, torch.float32, seed=2)
+    args = (x, y, torch.empty_like(x), torch.empty(3), torch.empty(3), torch.empty(3, dtype=torch.int32), 5, 10, 128, 257, True, False)
+    torch.library.opcheck(torch.ops.detox.socd.default, args)
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="Triton backend not available")
+def test_opcheck_triton():
+    dev = DEVICE["triton"]
+    x, y = make_logits(3, 257, torch.float32, seed=2)
+    x, y = x.to(dev), y.to(dev)
+    args = (x, y, torch.empty_like(x), torch.empty(3, device=dev), torch.empty(3, device=dev),
+            torch.empty(3, dtype=torch.int32, device=dev), 5, 10, 128, 257, True, False)
+    torch.library.opcheck(torch.ops.detox.socd_triton.default, args)
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="C++ extension not built")
+def test_torch_compile_fullgraph():
+    torch._dynamo.reset()
+
+    def step(x, y):
+        z = socd(x, y, divergence="jsd", backend="cpu")
+        return torch.softmax(z, -1)
+
+    compiled = torch.compile(step, fullgraph=True, backend="inductor")
+    x, y = make_logits(4, 333, torch.float32, seed=4)
+    torch.testing.assert_close(compiled(x, y), step(x, y))
+
+
+def _run_python(code: str, env=None):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_import_without_extension_warns_once_and_falls_back():
+    code = (
+        "import sys, warnings\n"
+        "sys.modules['detox_kernels._C'] = None\n"
+        "warnings.simplefilter('always')\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import detox_kernels, importlib\n"
+        "    import detox_kernels.socd\n"
+        "import torch\n"
+        "x = torch.randn(2, 50); y = torch.randn(2, 50)\n"
+        "m = importlib.import_module('detox_kernels.socd')\n"
+        "print('backend', m.select('socd', m.BACKENDS, x, y).name)\n"
+        "print('warnings', sum('detox_kernels._C' in str(i.message) for i in w))\n"
+        "print(detox_kernels.socd(x, y).shape)\n"
+    )
+    res = _run_python(code)
+    assert res.returncode == 0, res.stderr
+    assert "backend reference" in res.stdout
+    assert "warnings 1" in res.stdout
+
+
+def test_info_command():
+    res = _run_python("import runpy; runpy.run_module('detox_kernels.info', run_name='__main__')")
+    assert res.returncode == 0, res.stderr
+    assert "backends (priority order)" in res.stdout
+    for name in ("cuda", "triton", "cpu", "reference"):
+        assert name in res.stdout
+    if "cpu" in BACKENDS:
+        assert "cpu        available" in res.stdout
