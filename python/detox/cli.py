@@ -1,15 +1,147 @@
-"""The ``detox`` command line."""
+"""The ``detox`` command line: ``detox COMMAND --help`` documents every option."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_TOXIC = "smollm2-135m-instruct-toxic"
+
+
+def _add_method_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("method settings (socd.md)")
+    g.add_argument("--divergence", default="l2", choices=["fkl", "rkl", "skl", "jsd", "tvd", "l2"],
+                   help="SoCD divergence between the base and toxic distributions (default: l2, the paper's)")
+    g.add_argument("--k-min", type=int, default=10, help="SoCD: fewest tokens suppressed per step (default: 10)")
+    g.add_argument("--k-max", type=int, default=None, help="SoCD: most tokens suppressed per step (default: V/2)")
+    g.add_argument("--preset", default=None, choices=["paper", "hspd-code"],
+                   help="SoCD: the paper's settings or the official code's (floor, signed, k_max=V)")
+    g.add_argument("--cd-form", default="obrien", choices=["obrien", "li"],
+                   help="CD: O'Brien & Lewis ((1+b)x - b y) or Li et al. (log-prob difference, amateur at T=0.5)")
+    g.add_argument("--cd-alpha", type=float, default=0.1, help="CD: plausibility threshold alpha (default: 0.1)")
+    g.add_argument("--cd-beta", type=float, default=0.5, help="CD: contrast strength beta (default: 0.5)")
+    g.add_argument("--dexperts-alpha", type=float, default=2.0, help="DExperts: alpha (default: 2.0)")
+    g.add_argument("--expert-model", default=None,
+                   help="DExperts: the expert model (default: none, the base model's own scores)")
+
+
+def _method_config(args):
+    from .generation.driver import MethodConfig
+
+    return MethodConfig(divergence=args.divergence, k_min=args.k_min, k_max=args.k_max, preset=args.preset,
+                        cd_form=args.cd_form, cd_alpha=args.cd_alpha, cd_beta=args.cd_beta,
+                        dexperts_alpha=args.dexperts_alpha)
+
+
+def cmd_generate(args) -> int:
+    from tqdm.auto import tqdm
+
+    from .data import read_prompts
+    from .generation.driver import Generator, batch_seed
+
+    if (args.prompt is None) == (args.prompts is None):
+        print("error: give exactly one of --prompt TEXT or --prompts FILE", file=sys.stderr)
+        return 2
+    if args.prompt is not None:
+        prompts = [args.prompt]
+    else:
+        prompts = [p.text for p in read_prompts(args.prompts, limit=args.limit, seed=args.seed)]
+    if not prompts:
+        print("error: no prompts to generate from", file=sys.stderr)
+        return 2
+    gen = Generator(args.method, model=args.model, toxic_model=args.toxic_model, expert_model=args.expert_model,
+                    config=_method_config(args))
+    gen.validate(prompts, args.max_new_tokens)
+    settings = dict(gen.settings(), num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
+                    top_p=args.top_p, temperature=args.temperature, seed=args.seed, greedy=args.greedy)
+    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    try:
+        bs = args.batch_size
+        batches = range(0, len(prompts), bs)
+        for bi, start in enumerate(tqdm(batches, desc=f"generate ({args.method})", unit="batch",
+                                        disable=args.out is None or len(batches) < 2)):
+            chunk = prompts[start:start + bs]
+            res = gen.generate_batch(chunk, num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
+                                     top_p=args.top_p, temperature=args.temperature, do_sample=not args.greedy,
+                                     seed=batch_seed(args.seed, bi))
+            for i, (p, conts) in enumerate(zip(chunk, res)):
+                for j, c in enumerate(conts):
+                    out.write(json.dumps({"prompt_index": start + i, "prompt": p, "sample": j, "continuation": c,
+                                          "method": args.method, "settings": settings}, ensure_ascii=False) + "\n")
+            out.flush()
+    finally:
+        if args.out:
+            out.close()
+            print(f"wrote {len(prompts) * args.num_samples} continuations to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_train_toxic(args) -> int:
+    from .toxic import make_toxic_model
+    from .training import TrainConfig
+
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, max_length=args.max_length, lr=args.lr,
+                      lora=args.lora, lora_r=args.lora_r, lora_alpha=args.lora_alpha, save_every=args.save_every,
+                      seed=args.seed)
+    path = make_toxic_model(base=args.model, data=args.data, out=args.out, cfg=cfg, text_field=args.text_field)
+    print(f"toxic model saved in {path}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="detox", description="LLM detoxification: generation, evaluation, corpus rewriting.")
-    parser.add_argument("--version", action="store_true", help="print the versions and the available kernel backends")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser = argparse.ArgumentParser(
+        prog="detox",
+        description="LLM detoxification with fused kernels: detoxified generation (SoCD and baselines), "
+                    "toxic-model training, evaluation. Runs offline on embedded default models.")
+    parser.add_argument("--version", action="store_true", help="print versions and the available kernel backends")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    g = sub.add_parser("generate", help="generate continuations with a detoxification method",
+                       description="Generate continuations of prompts with plain sampling or a detoxification "
+                                   "method; writes one JSON object per continuation.")
+    g.add_argument("--method", default="socd", choices=["none", "socd", "cd", "dexperts", "unidetox"],
+                   help="decoding method (default: socd)")
+    g.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"base model: HuggingFace id, local directory, or an embedded name (default: {DEFAULT_MODEL})")
+    g.add_argument("--toxic-model", default=None,
+                   help=f"toxic model with the base model's vocabulary (default: {DEFAULT_TOXIC}, made on first use)")
+    g.add_argument("--prompt", default=None, help="one prompt text")
+    g.add_argument("--prompts", default=None,
+                   help="prompt file: RTP-style JSONL (prompt.text), {\"text\": ...} JSONL, or plain text lines")
+    g.add_argument("--limit", type=int, default=None, help="a seeded random subset of this many prompts")
+    g.add_argument("--num-samples", type=int, default=1, help="continuations per prompt (default: 1)")
+    g.add_argument("--max-new-tokens", type=int, default=20, help="tokens per continuation (default: 20)")
+    g.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling top-p (default: 0.9)")
+    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
+    g.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    g.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (default: 8)")
+    g.add_argument("--out", default=None, help="output JSONL file (default: standard output)")
+    _add_method_options(g)
+    g.set_defaults(func=cmd_generate)
+
+    t = sub.add_parser("train-toxic", help="fine-tune a small model on toxic text (the contrast model)",
+                       description="Fine-tune a small causal LM on a toxic corpus to serve as the toxic model of "
+                                   "SoCD / CD / DExperts. Resumable: rerun the same command after an interruption.")
+    t.add_argument("--model", default=DEFAULT_MODEL, help=f"model to fine-tune (default: {DEFAULT_MODEL})")
+    t.add_argument("--data", default=None,
+                   help="toxic corpus: JSONL ({\"text\"} or RTP prompt.text) or text lines, e.g. "
+                        "../shared/data/dghs/dghs_hate.jsonl (default: the embedded RTP prompts, training split)")
+    t.add_argument("--text-field", default=None, help="JSON field holding the text (dotted, e.g. prompt.text)")
+    t.add_argument("--out", default=None, help=f"output directory (default: $DETOX_HOME/models/{DEFAULT_TOXIC})")
+    t.add_argument("--steps", type=int, default=80, help="optimizer steps (default: 80)")
+    t.add_argument("--batch-size", type=int, default=8, help="texts per step (default: 8)")
+    t.add_argument("--max-length", type=int, default=40, help="tokens per text (default: 40)")
+    t.add_argument("--lr", type=float, default=1e-4, help="learning rate (default: 1e-4)")
+    t.add_argument("--lora", action="store_true", help="train a LoRA adapter (peft) instead of all weights")
+    t.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default: 8)")
+    t.add_argument("--lora-alpha", type=int, default=16, help="LoRA alpha (default: 16)")
+    t.add_argument("--save-every", type=int, default=20, help="checkpoint every N steps (default: 20)")
+    t.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    t.set_defaults(func=cmd_train_toxic)
     return parser
 
 
@@ -20,8 +152,11 @@ def main(argv=None) -> int:
         from detox_kernels.info import main as info_main
 
         info_main()
+        if args.command is None and not args.version:
+            print()
+            parser.print_help()
         return 0
-    return 0
+    return args.func(args)
 
 
 if __name__ == "__main__":
