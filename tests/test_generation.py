@@ -206,3 +206,51 @@ def test_padded_toxic_vocabulary(models):
     out = run_generate(base, proc, ids, mask, 4)
     assert out.shape == (3, ids.shape[1] + 4)
     assert int(out.max()) < VOCAB
+
+
+# ---------------------------------------------------------------- the driver, errors, the real model
+
+from detox.generation.driver import Generator  # noqa: E402
+
+from tiny_models import tiny_llama_dir  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gen")
+    return tiny_llama_dir(str(root / "base"), 0), tiny_llama_dir(str(root / "toxic"), 1)
+
+
+def test_driver_errors_for_empty_and_too_long_prompts(tiny_dirs):
+    gen = Generator("socd", model=tiny_dirs[0], toxic_model=tiny_dirs[1])
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        gen.generate_batch(["the water", "   "], max_new_tokens=3)
+    with pytest.raises(ValueError, match="exceeds the model's context of 128"):
+        gen.generate_batch(["the " * 126], max_new_tokens=5)
+    res = gen.generate_batch(["the water is", "you are"], num_samples=2, max_new_tokens=3, seed=1)
+    assert len(res) == 2 and all(len(r) == 2 for r in res)
+
+
+def test_driver_rejects_a_toxic_model_with_another_vocabulary(tiny_dirs, tmp_path):
+    from detox.models import VocabularyMismatchError
+    from transformers import AutoTokenizer
+
+    other = tiny_llama_dir(str(tmp_path / "other"), 3)
+    tok = AutoTokenizer.from_pretrained(other)
+    tok.add_tokens(["zzz-extra-token"])  # one more token: a different vocabulary
+    tok.save_pretrained(other)
+    with pytest.raises(VocabularyMismatchError):
+        Generator("socd", model=tiny_dirs[0], toxic_model=other)
+
+
+@pytest.mark.slow
+def test_embedded_smollm2_socd_with_itself_reproduces_plain_greedy():
+    """The real embedded model: SoCD against an identical toxic model is the identity."""
+    from detox.models import load_causal_lm
+
+    pair = load_causal_lm("smollm2-135m-instruct")
+    prompts = ["The weather in London today is", "My neighbour's dog"]
+    plain = Generator("none", model=pair).generate_batch(prompts, max_new_tokens=8, do_sample=False)
+    socd_self = Generator("socd", model=pair, toxic_model=pair).generate_batch(prompts, max_new_tokens=8, do_sample=False)
+    assert plain == socd_self
+    assert all(len(p[0].split()) >= 3 for p in plain)  # real, non-empty English continuations

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 @dataclass
 class TrainConfig:
-    steps: int = 80
+    steps: int = 50
     batch_size: int = 8
     max_length: int = 40
     lr: float = 1e-4
@@ -39,7 +39,7 @@ class TrainConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_target_modules: list | str = "all-linear"
-    save_every: int = 20
+    save_every: int = 25
     seed: int = 0
     log_every: int = 1
     extra: dict = field(default_factory=dict)
