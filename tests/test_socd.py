@@ -299,3 +299,19 @@ def test_gpu_backend_agrees_with_reference_and_runs_under_cuda_graphs(backend, d
     g.replay()
     torch.cuda.synchronize()
     assert torch.equal(static_out, out)
+
+
+@pytest.mark.parametrize("backend", BACKENDS + ["reference"])
+def test_negative_zero_key_ties_with_positive_zero(backend):
+    """Keys -0.0 and +0.0 are equal (a tie broken by the lower id), not ordered by their bits."""
+    v = 40
+    x = torch.ones(1, v)
+    y = torch.ones(1, v)
+    x[0, 0], y[0, 0] = 0.0, -0.0  # key -0.0 at id 0; keys +0.0 at ids 1..38
+    x[0, 39], y[0, 39] = 10.0, -5.0
+    dev = DEVICE.get(backend, "cpu")
+    out, stats = socd(x.to(dev), y.to(dev), k_min=2, k_max=2, return_stats=True, backend=backend)
+    changed = (out.cpu() != x).nonzero()[:, 1].tolist()
+    # c < 0 here, so every zero key is a candidate: the two largest keys (all zeros) by lowest id
+    assert stats.k.item() == 2 and changed == [1] and y[0, 0] == 0  # id 0 has |y| = 0: unchanged value
+    check_against_reference(out, stats, x, y, divergence="l2", k_min=2, k_max=2, k_rounding="ceil", subtract="abs")

@@ -120,9 +120,11 @@ DETOX_HD int64_t socd_k(float alpha, const SocdParams& p) {
   return k;
 }
 
-// Order-preserving map of a float key to uint32 (larger float -> larger integer).
+// Order-preserving map of a float key to uint32 (larger float -> larger integer). -0.0 is
+// folded onto +0.0: the contract compares keys as floats, where the two are equal (a tie).
 DETOX_HD uint32_t ordered_bits(float f) {
-  const uint32_t u = float_to_bits(f);
+  uint32_t u = float_to_bits(f);
+  if (u == 0x80000000u) u = 0u;
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 

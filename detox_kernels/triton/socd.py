@@ -4,7 +4,8 @@ Same arguments and the same kernel contract as the C++ op ``detox::socd`` (see t
 docstring of ``detox_kernels/reference/socd.py``): it writes the new logits into ``out`` (which
 may be ``base`` itself) and the per-row statistics into ``alpha`` [B] f32, ``divergence`` [B]
 f32 and ``k`` [B] i32. One Triton program handles one row (grid ``(B,)``) and loops over it in
-``BLOCK``-sized chunks, accumulating in fp32:
+``BLOCK``-sized chunks, accumulating in fp32 per lane (the lanes' partial sums are combined in
+float64, and the KL divergences are formed in float64, as in the C++ kernel):
 
 1. max of ``x`` and ``y`` and the validity flags (NaN / +inf in ``x[:V]`` or ``y[:V]``, or a row
    that is entirely -inf: divergence NaN, alpha 0, k 0, row copied);
@@ -14,14 +15,22 @@ f32 and ``k`` [B] i32. One Triton program handles one row (grid ``(B,)``) and lo
 4. the candidates ``key = y - x > c`` (float32 key, ``c = lse(y) - lse(x)``), counted together
    with the first radix round; ``m = min(k, #candidates)``;
 5. when ``0 < m < #candidates``: an exact radix select of the m-th largest key over the
-   order-preserving uint32 image of the key (4 rounds of 8 bits, ``tl.histogram`` with 256
-   bins), giving the threshold ``T`` and the number ``G`` of candidates above it; the
-   ``m - G`` candidates equal to ``T`` with the lowest token ids are taken as well;
+   order-preserving uint32 image of the key (up to 4 rounds of 8 bits, ``tl.histogram`` with
+   256 bins, restricted to the candidates that share the prefix found so far; it stops early
+   once the bin holding the m-th key is taken whole), giving the threshold ``T`` and the
+   number ``G`` of candidates above it; the ``m - G`` candidates equal to ``T`` with the lowest
+   token ids are taken as well (a running count over the chunks in token order);
 6. the write: ``out = x - alpha * |y|`` (or ``alpha * y``) on the selected tokens, computed in
    fp32 and rounded to the output dtype; ``out = x`` elsewhere (not written when ``out`` is
    ``base``); the padded columns ``>= vocab_size`` are copied.
 
 No host synchronisation: every decision on tensor values is taken inside the kernel.
+
+Roundings: ``alpha = l / (1 + l)`` with ``l = log1p(max(d, 0))`` and ``k`` as in
+``socd_params.h`` (``log1pf`` from libdevice on CUDA, a float64 evaluation rounded to float32
+elsewhere), and the write ``x - alpha * |y|`` as an unfused multiply then subtract, so ``out``
+matches the C++ kernel bit for bit whenever ``alpha`` and ``k`` do. The divergence itself
+differs from the C++ kernel's in the last bits (other exp and summation order).
 
 Without Triton the module still imports, with ``AVAILABLE = False`` and the reason in
 ``UNAVAILABLE_REASON``. Under ``TRITON_INTERPRET=1`` the kernel runs on CPU tensors (slowly; the
@@ -83,7 +92,7 @@ if AVAILABLE:
         K_CEIL: tl.constexpr,
         SIGNED: tl.constexpr,
         COPY: tl.constexpr,  # False when out is base: write only the changed tokens
-        GPU_MATH: tl.constexpr,  # libdevice log1p / mul_rn / sub_rn (False in the interpreter)
+        CUDA_MATH: tl.constexpr,  # CUDA libdevice log1p / mul_rn / sub_rn (else portable code)
         BLOCK: tl.constexpr,
     ):
         NINF: tl.constexpr = float("-inf")
@@ -123,10 +132,11 @@ if AVAILABLE:
             # ---- pass 2: softmax sums (and the KL expectations) -------------------------------
             sx_v = tl.full([BLOCK], 0, tl.float32)
             sy_v = tl.full([BLOCK], 0, tl.float32)
-            ax_v = tl.full([BLOCK], 0, tl.float32)
-            ay_v = tl.full([BLOCK], 0, tl.float32)
-            finf_v = tl.full([BLOCK], 0, tl.int1)
-            rinf_v = tl.full([BLOCK], 0, tl.int1)
+            if DIV <= 2:
+                ax_v = tl.full([BLOCK], 0, tl.float32)  # sum e^(x-mx) (x - y)
+                ay_v = tl.full([BLOCK], 0, tl.float32)  # sum e^(y-my) (y - x)
+                finf_v = tl.full([BLOCK], 0, tl.int1)  # p_j > 0 = q_j somewhere: fkl = +inf
+                rinf_v = tl.full([BLOCK], 0, tl.int1)  # q_j > 0 = p_j somewhere: rkl = +inf
             for start in range(0, V, BLOCK):
                 offs = start + lanes
                 msk = offs < V
@@ -148,20 +158,27 @@ if AVAILABLE:
                     if DIV != 0:
                         ay_v -= eb * diff
                         rinf_v = rinf_v | (b_fin & (a_fin == 0))
-            sx = tl.reduce(sx_v, 0, _sum_combine)
-            sy = tl.reduce(sy_v, 0, _sum_combine)
-            lse_x = mx + tl.log(sx)
-            lse_y = my + tl.log(sy)
+            # fp32 per lane, the lanes combined in float64 (as the C++ kernel's double sums)
+            sx64 = tl.reduce(sx_v.to(tl.float64), 0, _sum_combine)
+            sy64 = tl.reduce(sy_v.to(tl.float64), 0, _sum_combine)
+            lse_x = mx + tl.log(sx64).to(tl.float32)
+            lse_y = my + tl.log(sy64).to(tl.float32)
             c = lse_y - lse_x
 
             if DIV <= 2:
+                # E_p[x - y] - lse(x) + lse(y) cancels: combine the sums in float64, as the C++
+                # kernel does (the float32 form loses ~1e-6 absolute)
+                lx = mx.to(tl.float64) + tl.log(sx64)
+                ly = my.to(tl.float64) + tl.log(sy64)
                 fkl = 0.0
                 rkl = 0.0
                 if DIV != 1:
-                    fkl = tl.div_rn(tl.reduce(ax_v, 0, _sum_combine), sx) - lse_x + lse_y
+                    ax = tl.reduce(ax_v.to(tl.float64), 0, _sum_combine)
+                    fkl = (ax / sx64 - lx + ly).to(tl.float32)
                     fkl = tl.where(tl.reduce(finf_v.to(tl.int32), 0, _sum_combine) > 0, PINF, fkl)
                 if DIV != 0:
-                    rkl = tl.div_rn(tl.reduce(ay_v, 0, _sum_combine), sy) - lse_y + lse_x
+                    ay = tl.reduce(ay_v.to(tl.float64), 0, _sum_combine)
+                    rkl = (ay / sy64 - ly + lx).to(tl.float32)
                     rkl = tl.where(tl.reduce(rinf_v.to(tl.int32), 0, _sum_combine) > 0, PINF, rkl)
                 if DIV == 0:
                     d = fkl
@@ -194,16 +211,16 @@ if AVAILABLE:
                             acc_v += tl.abs(pj - qj)
                         else:
                             acc_v += (pj - qj) * (pj - qj)
-                acc = tl.reduce(acc_v, 0, _sum_combine)
+                acc = tl.reduce(acc_v.to(tl.float64), 0, _sum_combine)
                 if DIV == 5:
-                    d = tl.sqrt_rn(acc)
+                    d = tl.sqrt(acc).to(tl.float32)  # float64 sqrt is IEEE-rounded
                 else:
-                    d = 0.5 * acc
+                    d = (0.5 * acc).to(tl.float32)
 
             # ---- alpha and k (csrc/common/socd_params.h) ---------------------------------------
             finite = tl.abs(d) < PINF  # False for +-inf and NaN
             dc = tl.where(finite & (d > 0.0), d, 0.0)
-            if GPU_MATH:
+            if CUDA_MATH:
                 l1p = libdevice.log1p(dc)
             else:
                 # log1p in float64 (Goldberg's form), rounded to float32
@@ -246,7 +263,8 @@ if AVAILABLE:
                 # If b is taken whole (its count equals rem), the selection is settled: the
                 # threshold is the lowest value of b and every key in b is taken.
                 shift = 24
-                above = tl.reduce(hist, 0, _sum_combine) - tl.associative_scan(hist, 0, _sum_combine)
+                total = tl.reduce(hist, 0, _sum_combine)
+                above = total - tl.associative_scan(hist, 0, _sum_combine)
                 hit = (above < m) & (above + hist >= m)  # exactly one bin, and it is not empty
                 bsel = tl.reduce(tl.where(hit, bins, -1), 0, _max_combine)
                 n_above = tl.reduce(tl.where(hit, above, 0), 0, _sum_combine)
@@ -267,7 +285,8 @@ if AVAILABLE:
                         u = tl.where((kb & 0x80000000) != 0, kb ^ 0xFFFFFFFF, kb | 0x80000000)
                         live = (key > c) & ((u >> (shift + 8)) == prefix)
                         hist += tl.histogram(((u >> shift) & 0xFF).to(tl.int32), 256, mask=live)
-                    above = tl.reduce(hist, 0, _sum_combine) - tl.associative_scan(hist, 0, _sum_combine)
+                    total = tl.reduce(hist, 0, _sum_combine)
+                    above = total - tl.associative_scan(hist, 0, _sum_combine)
                     hit = (above < rem) & (above + hist >= rem)
                     bsel = tl.reduce(tl.where(hit, bins, -1), 0, _max_combine)
                     n_above = tl.reduce(tl.where(hit, above, 0), 0, _sum_combine)
@@ -305,7 +324,7 @@ if AVAILABLE:
                 u = tl.where((kb & 0x80000000) != 0, kb ^ 0xFFFFFFFF, kb | 0x80000000)
                 cand = key > c
                 eq = (cand & (u == thr)).to(tl.int32)
-                rank = seen + tl.associative_scan(eq, 0, _sum_combine)  # 1-based rank among the ties
+                rank = seen + tl.associative_scan(eq, 0, _sum_combine)  # 1-based rank of a tie
                 sel = (cand & (u > thr)) | ((eq != 0) & (rank <= n_tie))
                 seen += tl.reduce(eq, 0, _sum_combine)
                 b0 = tl.where(b == NINF, 0.0, b)  # selected tokens never have y = -inf
@@ -313,12 +332,12 @@ if AVAILABLE:
                     sub = b0
                 else:
                     sub = tl.abs(b0)
-                if GPU_MATH:  # no fused multiply-add: the same roundings as the CPU kernel
+                if CUDA_MATH:  # no fused multiply-add: the same roundings as the CPU kernel
                     new = libdevice.sub_rn(a, libdevice.mul_rn(alpha, sub))
                 else:
                     new = a - alpha * sub
-                if (not GPU_MATH) and (x_raw.dtype == tl.bfloat16):
-                    # the interpreter truncates fp32 -> bf16; round to nearest even by hand
+                if (not CUDA_MATH) and (x_raw.dtype == tl.bfloat16):
+                    # round to nearest even by hand (the interpreter's fp32 -> bf16 cast truncates)
                     nb = new.to(tl.uint32, bitcast=True)
                     nb = (nb + 0x7FFF + ((nb >> 16) & 1)) >> 16
                     new = nb.to(tl.uint16).to(tl.bfloat16, bitcast=True)
@@ -344,6 +363,12 @@ if AVAILABLE:
 
     _INTERPRETED = _is_interpreted(_socd_kernel)
 
+    def _cuda_math(t: torch.Tensor) -> bool:
+        # libdevice (CUDA) for log1p and for the unfused multiply-subtract of the write; elsewhere
+        # (interpreter, ROCm, other backends) portable code with the same roundings.
+        on_rocm = getattr(torch.version, "hip", None) is not None
+        return (not _INTERPRETED) and t.device.type == "cuda" and not on_rocm
+
     def _block_for(width: int) -> int:
         if _INTERPRETED:
             return max(MIN_BLOCK, min(INTERPRET_MAX_BLOCK, triton.next_power_of_2(max(width, 1))))
@@ -351,34 +376,43 @@ if AVAILABLE:
 
     def _check(base, toxic, out, alpha, divergence, k, divergence_kind, k_min, k_max, vocab_size):
         if base.dim() != 2:
-            raise ValueError(f"detox::socd_triton: base logits must be [B, V], got {tuple(base.shape)}")
+            raise RuntimeError(
+                f"detox::socd_triton: base logits must be [B, V], got {tuple(base.shape)}"
+            )
         if toxic.shape != base.shape or out.shape != base.shape:
-            raise ValueError(
+            raise RuntimeError(
                 f"detox::socd_triton: toxic {tuple(toxic.shape)} and out {tuple(out.shape)} must "
                 f"have the shape of the base logits {tuple(base.shape)}"
             )
         if base.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-            raise ValueError(f"detox::socd_triton: unsupported dtype {base.dtype}")
+            raise RuntimeError(f"detox::socd_triton: unsupported dtype {base.dtype}")
         if toxic.dtype != base.dtype or out.dtype != base.dtype:
-            raise ValueError("detox::socd_triton: base, toxic and out must share one dtype")
+            raise RuntimeError("detox::socd_triton: base, toxic and out must share one dtype")
         for t in (toxic, out, alpha, divergence, k):
             if t.device != base.device:
-                raise ValueError("detox::socd_triton: all tensors must be on one device")
+                raise RuntimeError("detox::socd_triton: all tensors must be on one device")
         rows, cols = base.shape
         if cols > 0 and (base.stride(1) != 1 or toxic.stride(1) != 1 or out.stride(1) != 1):
-            raise ValueError("detox::socd_triton: the last dimension must be contiguous")
-        for name, t, dt in (("alpha", alpha, torch.float32), ("divergence", divergence, torch.float32),
-                            ("k", k, torch.int32)):
+            raise RuntimeError("detox::socd_triton: the last dimension must be contiguous")
+        for name, t, dt in (
+            ("alpha", alpha, torch.float32),
+            ("divergence", divergence, torch.float32),
+            ("k", k, torch.int32),
+        ):
             if t.dtype != dt or t.numel() != rows or not t.is_contiguous():
-                raise ValueError(f"detox::socd_triton: {name} must be a contiguous {dt} [B] tensor")
+                raise RuntimeError(
+                    f"detox::socd_triton: {name} must be a contiguous {dt} [B] tensor"
+                )
         if not 0 <= divergence_kind <= 5:
-            raise ValueError("detox::socd_triton: divergence_kind must be in [0, 5]")
+            raise RuntimeError("detox::socd_triton: divergence_kind must be in [0, 5]")
         if not 0 <= vocab_size <= cols:
-            raise ValueError(f"detox::socd_triton: vocab_size {vocab_size} must be in [0, {cols}]")
+            raise RuntimeError(
+                f"detox::socd_triton: vocab_size {vocab_size} must be in [0, {cols}]"
+            )
         if vocab_size >= 2**31:
-            raise ValueError("detox::socd_triton: vocab_size must be below 2^31")
+            raise RuntimeError("detox::socd_triton: vocab_size must be below 2^31")
         if k_min < 0 or k_max < 0:
-            raise ValueError("detox::socd_triton: k_min and k_max must be >= 0")
+            raise RuntimeError("detox::socd_triton: k_min and k_max must be >= 0")
 
     @torch.library.triton_op("detox::socd_triton", mutates_args={"out", "alpha", "divergence", "k"})
     def socd_triton(
@@ -424,7 +458,25 @@ if AVAILABLE:
             K_CEIL=bool(k_ceil),
             SIGNED=bool(signed_subtract),
             COPY=out is not base,
-            GPU_MATH=not _INTERPRETED,
+            CUDA_MATH=_cuda_math(base),
             BLOCK=block,
             num_warps=GPU_NUM_WARPS if block >= 2048 else 4,
         )
+
+    @socd_triton.register_fake
+    def _socd_triton_fake(base, toxic, out, alpha, divergence, k, divergence_kind, k_min, k_max,
+                          vocab_size, k_ceil, signed_subtract):
+        # mutates out, alpha, divergence and k only; nothing to allocate
+        _check(base, toxic, out, alpha, divergence, k, divergence_kind, k_min, k_max, vocab_size)
+        return None
+
+    if _INTERPRETED:
+        # Under TRITON_INTERPRET=1 the kernel is an InterpretedFunction, which wrap_triton cannot
+        # trace: triton_op's functional decomposition (used by torch.compile / AOT) would run the
+        # interpreter on functional tensors. Keep the op opaque instead (auto-functionalized).
+        from torch._subclasses.functional_tensor import FunctionalTensorMode
+
+        def _opaque_under_functionalization(mode, op, types, args, kwargs):
+            return mode.__torch_dispatch__(op, types, args, kwargs)
+
+        socd_triton.register_torch_dispatch(FunctionalTensorMode, _opaque_under_functionalization)

@@ -143,7 +143,7 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def _add_eval_options(p, *, limit, num_samples, seeds, out):
+def _add_eval_options(p, *, limit, num_samples, seeds, out, batch_size=8):
     p.add_argument("--methods", default="none,socd,cd,dexperts",
                    help="comma-separated methods: none, socd, cd, dexperts, unidetox (default: none,socd,cd,dexperts)")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"base model (default: {DEFAULT_MODEL})")
@@ -168,7 +168,8 @@ def _add_eval_options(p, *, limit, num_samples, seeds, out):
                    help="PPL token-weighted over the corpus (default) or mean of per-sample PPL")
     p.add_argument("--dist-variant", default="prompt", choices=["prompt", "corpus"],
                    help="Dist-n per prompt then averaged (default) or over the whole corpus")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (default: 8)")
+    p.add_argument("--batch-size", type=int, default=batch_size,
+                   help=f"prompts per generate call (each expanded to --num-samples rows; default: {batch_size})")
     p.add_argument("--out", default=out, help=f"output directory (default: {out})")
     _add_method_options(p)
 
@@ -237,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Fetch the embedded assets, make the toxic SmolLM2 if it is not cached, evaluate "
                                    "plain sampling, SoCD, CD and DExperts on held-out RealToxicityPrompts prompts "
                                    "and print the table; the report is written to --out.")
-    _add_eval_options(d, limit=40, num_samples=5, seeds="0", out="detox-demo")
+    _add_eval_options(d, limit=32, num_samples=4, seeds="0", out="detox-demo", batch_size=16)
     d.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     d.set_defaults(func=cmd_demo)
     return parser
