@@ -254,3 +254,16 @@ def test_embedded_smollm2_socd_with_itself_reproduces_plain_greedy():
     socd_self = Generator("socd", model=pair, toxic_model=pair).generate_batch(prompts, max_new_tokens=8, do_sample=False)
     assert plain == socd_self
     assert all(len(p[0].split()) >= 3 for p in plain)  # real, non-empty English continuations
+
+
+def test_processor_reused_across_generate_calls(models):
+    """A processor reused for a second generate call (other prompts, other length) starts over."""
+    base, tox, _ = models
+    ids1, mask1 = left_pad(PROMPTS)
+    ids2, mask2 = left_pad([[9, 8, 7, 6, 5, 4, 3, 21, 22, 23, 24]] * 3)
+    reused = SoCDLogitsProcessor(tox, attention_mask=mask1)
+    run_generate(base, reused, ids1, mask1, 6)
+    reused.aux[0].prompt_mask = mask2
+    again = run_generate(base, reused, ids2, mask2, 4)
+    fresh = run_generate(base, SoCDLogitsProcessor(tox, attention_mask=mask2), ids2, mask2, 4)
+    assert torch.equal(again, fresh)

@@ -68,7 +68,8 @@ class AuxiliaryLM:
     @torch.inference_mode()
     def next_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         length = input_ids.shape[1]
-        if self.cache is None or length <= self.seen or input_ids.shape[0] != self.rows:
+        # generate adds exactly one token per call; anything else is a new generate call
+        if self.cache is None or length != self.seen + 1 or input_ids.shape[0] != self.rows:
             self.reset()
             self.rows = input_ids.shape[0]
             self.mask = self._prompt_mask(input_ids)
