@@ -260,7 +260,7 @@ def test_processor_reused_across_generate_calls(models):
     """A processor reused for a second generate call (other prompts, other length) starts over."""
     base, tox, _ = models
     ids1, mask1 = left_pad(PROMPTS)
-    ids2, mask2 = left_pad([[9, 8, 7, 6, 5, 4, 3, 21, 22, 23, 24]] * 3)
+    ids2, mask2 = left_pad([[9, 8, 7, 6, 5, 4, 3, 21, 22, 23, 24, 25, 26, 27]] * 3)  # longer than the first call
     reused = SoCDLogitsProcessor(tox, attention_mask=mask1)
     run_generate(base, reused, ids1, mask1, 6)
     reused.aux[0].prompt_mask = mask2
