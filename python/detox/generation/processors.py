@@ -8,7 +8,8 @@ no loop over rows. Pass them to ``model.generate(..., logits_processor=LogitsPro
 generate places custom processors after the non-warping ones (repetition penalty, ...) and
 before temperature / top-k / top-p, which is where ``socd.md`` puts SoCD.
 
-Only greedy and multinomial sampling are supported (beam search reorders rows).
+Only greedy and multinomial sampling are supported (beam search reorders rows). Use one processor
+per ``generate`` call (or call ``reset()``): a new call is recognised by its sequence length only.
 """
 
 from __future__ import annotations
