@@ -23,6 +23,6 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
   for s in ${GPU_BENCH:-socd}; do
-    python3 bench/bench_$s.py --device cuda --out "$OUT/$s-cuda.json" 2>&1 | tee "$OUT/bench-$s.log" | tail -n 40
+    python3 bench/bench_$s.py --device cuda ${BENCH_ARGS:-} --out "$OUT/$s-cuda.json" 2>&1 | tee "$OUT/bench-$s.log" | tail -n 40
   done
 fi
