@@ -26,3 +26,11 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
     python3 bench/bench_$s.py --device cuda ${BENCH_ARGS:-} --out "$OUT/$s-cuda.json" 2>&1 | tee "$OUT/bench-$s.log" | tail -n 40
   done
 fi
+if [ "$what" = profile ]; then
+  ncu -k regex:socd --section SpeedOfLight --section WarpStateStats --section MemoryWorkloadAnalysis \
+      --section LaunchStats --section Occupancy python3 bench/profile_socd.py ${PROFILE_SIZES:-64x151936 1x151936} \
+      >"$OUT/ncu.txt" 2>&1
+  DETOX_SOCD_CLUSTER=0 ncu -k regex:socd --section SpeedOfLight --section WarpStateStats \
+      python3 bench/profile_socd.py 64x151936 >"$OUT/ncu-single.txt" 2>&1
+  grep -E "socd|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\)|Stall|Warp Cycles|Registers|Achieved Occ|Block Size|Grid Size|Dynamic Shared" "$OUT/ncu.txt" "$OUT/ncu-single.txt" | head -120
+fi
