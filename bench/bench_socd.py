@@ -99,6 +99,8 @@ def measure_copy_bandwidth():
 
 
 def git_commit():
+    if os.environ.get("DETOX_COMMIT"):  # set by the caller where the checkout's .git is not current
+        return os.environ["DETOX_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
                               cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()

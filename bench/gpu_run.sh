@@ -10,7 +10,7 @@ export PYTHONUNBUFFERED=1
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
-  git rev-parse HEAD 2>/dev/null || true
+  echo "commit ${DETOX_COMMIT:-$(git rev-parse HEAD 2>/dev/null)}"
 } 2>&1 | tee "$OUT/env.txt"
 t0=$(date +%s)
 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} \
