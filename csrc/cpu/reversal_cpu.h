@@ -46,7 +46,7 @@ void reversal_row(T* o, const T* delta, const T* e, const ReversalParams& p, std
     }
   }
   double ratio = 1.0;
-  if (p.renorm && after > 0.0) ratio = std::sqrt(before) / std::sqrt(after);
+  if (p.renorm && after != 0.0) ratio = std::sqrt(before) / std::sqrt(after);
   for (int64_t i = 0; i < n; ++i) {
     o[i] = from_float<T>(static_cast<float>(scratch[static_cast<size_t>(i)] * ratio));
   }

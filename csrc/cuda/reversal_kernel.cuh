@@ -87,7 +87,7 @@ __global__ void __launch_bounds__(kReversalThreads) reversal_kernel(T* __restric
         b += red[w];
         a += red[kWarps + w];
       }
-      if (a > 0.f) ratio = sqrtf(b) / sqrtf(a);
+      if (a != 0.f) ratio = sqrtf(b) / sqrtf(a);
     } else {
       __syncthreads();
     }

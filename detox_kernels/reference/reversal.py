@@ -10,10 +10,13 @@ of ``o [B, H, D]``, ``delta [B, H, D]`` and ``e_neg [H, D]``:
 2. with ``renorm``: ``o'[b] *= ‖o[b]‖ / ‖o'[b]‖``, both norms over all ``H * D`` values of the
    row; a row whose ``‖o'[b]‖`` is 0 is left as ``o'[b]`` (there is nothing to rescale).
 
+``max(cos, 0)`` maps a NaN cosine to 0. NaN or inf inputs make their row non-finite (with
+``renorm`` the whole row turns NaN through the rescaling factor); other rows are unaffected.
+
 Backends accumulate in float32 (the CPU kernel in float64) and round the result to the dtype of
 ``o``. When ``δ`` is exactly 0, ``o' = o`` bit for bit on every backend: the update subtracts
 zeros and the two norms are summed in the same order, so the rescaling factor is exactly 1.
-NaN or inf inputs propagate (no check: that would need a host synchronisation).
+No check for NaN / inf: that would need a host synchronisation.
 """
 
 from __future__ import annotations
@@ -32,12 +35,12 @@ def reverse_toxification_reference(head_out: torch.Tensor, delta: torch.Tensor, 
     denom = torch.linalg.vector_norm(e, dim=-1) * torch.linalg.vector_norm(o, dim=-1)
     dot = (e * o).sum(-1)
     cos = torch.where(denom > 0, dot / torch.where(denom > 0, denom, torch.ones_like(denom)), torch.zeros_like(dot))
-    s_sim = (1.0 + cos.clamp_min(0.0)) ** sim_exp
+    s_sim = (1.0 + torch.where(cos > 0, cos, torch.zeros_like(cos))) ** sim_exp  # relu; NaN -> 0
     new = o - (s_norm * s_sim).unsqueeze(-1) * d
     if renorm:
         before = torch.linalg.vector_norm(o.flatten(1), dim=-1)
         after = torch.linalg.vector_norm(new.flatten(1), dim=-1)
-        ratio = torch.where(after > 0, before / torch.where(after > 0, after, torch.ones_like(after)),
-                            torch.ones_like(after))
+        nz = after != 0
+        ratio = torch.where(nz, before / torch.where(nz, after, torch.ones_like(after)), torch.ones_like(after))
         new = new * ratio.view(-1, 1, 1)
     return new

@@ -76,12 +76,12 @@ if AVAILABLE:
         pos = denom > 0.0
         cs = tl.where(pos, dot / tl.where(pos, denom, 1.0), 0.0)
         s_norm = tl.exp2(norm_exp * tl.log2(1.0 + tl.sqrt(dsq)))
-        s_sim = tl.exp2(sim_exp * tl.log2(1.0 + tl.maximum(cs, 0.0)))
+        s_sim = tl.exp2(sim_exp * tl.log2(1.0 + tl.where(cs > 0.0, cs, 0.0)))
         new = o - (s_norm * s_sim)[:, None] * dl
         if RENORM:
             before = tl.sum(tl.sum(o * o, axis=1), axis=0)
             after = tl.sum(tl.sum(new * new, axis=1), axis=0)
-            ratio = tl.where(after > 0.0, tl.sqrt(before) / tl.sqrt(tl.where(after > 0.0, after, 1.0)), 1.0)
+            ratio = tl.where(after != 0.0, tl.sqrt(before) / tl.sqrt(tl.where(after != 0.0, after, 1.0)), 1.0)
             new = new * ratio
         tl.store(orow + off, new.to(o_ptr.dtype.element_ty), mask=msk)
 
