@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 import detox_kernels
+from detox_kernels import reversal as _rev_op
 
 NEG_PREFIX = "The following text is abusive, harmful, negative, obscene, racist, rude and toxic: "
 POS_PREFIX = "The following text is kind, polite, positive, respectful and supportive: "
@@ -161,6 +162,7 @@ class ToxificationReversal:
         self._mode = None  # None | "e_neg" | "capture" | "apply"
         self._cache = None
         self._handles = []
+        self._run = None
 
     # ------------------------------------------------------------ hooks
     def _site_hook(self, layer: int):
@@ -175,9 +177,13 @@ class ToxificationReversal:
                 if self.delta[layer].shape[0] != n:
                     raise RuntimeError(f"toxification reversal: the read pass had {self.delta[layer].shape[0]} rows, "
                                        f"the forward has {n}")
-                detox_kernels.reverse_toxification_(
-                    last.view(n, self.heads, self.head_dim), self.delta[layer], self.e_neg[layer],
-                    norm_exp=self.norm_exp, sim_exp=self.sim_exp, renorm=self.renorm, backend=self.backend)
+                o = last.view(n, self.heads, self.head_dim)
+                if self._run is None:  # first call: full validation and backend choice, then reuse it
+                    detox_kernels.reverse_toxification_(o, self.delta[layer], self.e_neg[layer], norm_exp=self.norm_exp,
+                                                        sim_exp=self.sim_exp, renorm=self.renorm, backend=self.backend)
+                    self._run = _rev_op.select("reverse_toxification_", _rev_op.BACKENDS, o, backend=self.backend).run
+                else:  # same layout, dtype and device every step: skip the Python-side checks
+                    self._run(o, self.delta[layer], self.e_neg[layer], self.norm_exp, self.sim_exp, self.renorm)
             elif mode == "capture":
                 n = x.shape[0] // 2
                 self.delta[layer] = (last[n:] - last[:n]).view(n, self.heads, self.head_dim)
@@ -254,6 +260,7 @@ class ToxificationReversal:
             self._handles = []
             self._mode = None
             self._cache = None
+            self._run = None
             self.delta = {}
 
     def settings(self) -> dict:
