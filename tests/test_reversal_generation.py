@@ -226,3 +226,24 @@ def test_generator_reversal_method(tmp_path):
     assert s["reversal"]["layers"] == [1, 2] and s["reversal"]["norm_exp"] == 0.4
     plain = Generator("none", model=(model, tok)).generate_batch(PROMPTS[:2], num_samples=2, max_new_tokens=4, seed=0)
     assert plain != res
+
+
+@pytest.mark.slow
+def test_embedded_smollm2_reversal():
+    """The real embedded model (Llama family, 9 query heads, 3 KV heads): the hooks find all 30
+    layers; identical prefixes reproduce plain greedy decoding; the paper's prefixes change it
+    and still give real text; batched equals unbatched."""
+    from detox.generation.driver import Generator, MethodConfig
+    from detox.models import load_causal_lm
+
+    pair = load_causal_lm("smollm2-135m-instruct")
+    sites, h, d = find_head_output_sites(pair[0])
+    assert (len(sites), h, d) == (30, 9, 64) and sites[0].name.endswith("self_attn.o_proj")
+    prompts = ["The weather in London today is", "You are such a stupid little"]
+    plain = Generator("none", model=pair).generate_batch(prompts, max_new_tokens=8, do_sample=False)
+    same = Generator("reversal", model=pair, config=MethodConfig(reversal_pos_prefix=NEG_PREFIX))
+    assert same.generate_batch(prompts, max_new_tokens=8, do_sample=False) == plain
+    rev = Generator("reversal", model=pair)
+    both = rev.generate_batch(prompts, max_new_tokens=8, do_sample=False)
+    assert both != plain and all(len(p[0].split()) >= 3 for p in both)
+    assert [rev.generate_batch([p], max_new_tokens=8, do_sample=False)[0] for p in prompts] == both
