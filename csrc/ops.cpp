@@ -11,4 +11,10 @@ TORCH_LIBRARY(detox, m) {
       "socd(Tensor base, Tensor toxic, Tensor(a!) out, Tensor(b!) alpha, Tensor(c!) divergence, "
       "Tensor(d!) k, int divergence_kind, int k_min, int k_max, int vocab_size, bool k_ceil, "
       "bool signed_subtract) -> ()");
+
+  // Toxification reversal (../shared/specs/reversal.md), in place on head_out [B, H, D] (rows
+  // contiguous [H, D], any row stride); delta like head_out, neg_end [H, D] contiguous.
+  m.def(
+      "reverse_toxification_(Tensor(a!) head_out, Tensor delta, Tensor neg_end, float norm_exp, "
+      "float sim_exp, bool renorm) -> ()");
 }

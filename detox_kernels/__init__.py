@@ -7,6 +7,7 @@ shape; ``DETOX_BACKEND`` forces one. ``python -m detox_kernels.info`` shows what
 from . import _ext  # noqa: F401  (loads the compiled ops, or warns once and falls back)
 from .dispatch import BackendUnavailableError
 from .socd import SocdStats, socd
+from .reversal import reverse_toxification_
 
 __version__ = "0.1.0"
-__all__ = ["socd", "SocdStats", "BackendUnavailableError", "__version__"]
+__all__ = ["socd", "SocdStats", "reverse_toxification_", "BackendUnavailableError", "__version__"]

@@ -108,5 +108,8 @@ else
   sed -n 's/^emulated CUDA SoCD: /   /p; s/^\([0-9]* passed, [0-9]* failed\)$/   emulation: \1/p' "$TMP/emu.log"
 fi
 
+echo "== reversal: compile_check_reversal.sh"
+bash "$HERE/compile_check_reversal.sh" || status=1
+
 if [[ $status -eq 0 ]]; then echo "compile_check: OK"; else echo "compile_check: FAILED"; fi
 exit $status

@@ -26,6 +26,16 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dexperts-alpha", type=float, default=2.0, help="DExperts: alpha (default: 2.0)")
     g.add_argument("--expert-model", default=None,
                    help="DExperts: the expert model (default: none, the base model's own scores)")
+    r = p.add_argument_group("toxification reversal settings (reversal.md)")
+    r.add_argument("--reversal-layers", default=None,
+                   help="reversal: layers to modify, e.g. 8-20 or 10,12,-1 (default: all)")
+    r.add_argument("--reversal-norm-exp", type=float, default=None, help="reversal: norm exponent (default: 0.4)")
+    r.add_argument("--reversal-sim-exp", type=float, default=None, help="reversal: similarity exponent (default: 0.6)")
+    r.add_argument("--no-reversal-renorm", dest="reversal_renorm", action="store_const", const=False, default=None,
+                   help="reversal: do not renormalise the head outputs")
+    r.add_argument("--neg-prefix", default=None, help="reversal: the negative prefix (default: the paper's)")
+    r.add_argument("--pos-prefix", default=None,
+                   help="reversal: the positive prefix (default: the paper's; '' for the empty prefix)")
 
 
 def _method_config(args):
@@ -33,7 +43,10 @@ def _method_config(args):
 
     return MethodConfig(divergence=args.divergence, k_min=args.k_min, k_max=args.k_max, preset=args.preset,
                         cd_form=args.cd_form, cd_alpha=args.cd_alpha, cd_beta=args.cd_beta,
-                        dexperts_alpha=args.dexperts_alpha)
+                        dexperts_alpha=args.dexperts_alpha,
+                        reversal_layers=args.reversal_layers, reversal_norm_exp=args.reversal_norm_exp,
+                        reversal_sim_exp=args.reversal_sim_exp, reversal_renorm=args.reversal_renorm,
+                        reversal_neg_prefix=args.neg_prefix, reversal_pos_prefix=args.pos_prefix)
 
 
 def cmd_generate(args) -> int:
@@ -145,7 +158,7 @@ def cmd_demo(args) -> int:
 
 def _add_eval_options(p, *, limit, num_samples, seeds, out, batch_size=8):
     p.add_argument("--methods", default="none,socd,cd,dexperts",
-                   help="comma-separated methods: none, socd, cd, dexperts, unidetox (default: none,socd,cd,dexperts)")
+                   help="comma-separated methods: none, socd, cd, dexperts, unidetox, reversal (default: none,socd,cd,dexperts)")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"base model (default: {DEFAULT_MODEL})")
     p.add_argument("--toxic-model", default=None, help=f"toxic model (default: {DEFAULT_TOXIC}, made on first use)")
     p.add_argument("--prompts", default=None,
@@ -185,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate continuations with a detoxification method",
                        description="Generate continuations of prompts with plain sampling or a detoxification "
                                    "method; writes one JSON object per continuation.")
-    g.add_argument("--method", default="socd", choices=["none", "socd", "cd", "dexperts", "unidetox"],
+    g.add_argument("--method", default="socd", choices=["none", "socd", "cd", "dexperts", "unidetox", "reversal"],
                    help="decoding method (default: socd)")
     g.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"base model: HuggingFace id, local directory, or an embedded name (default: {DEFAULT_MODEL})")

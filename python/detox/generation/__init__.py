@@ -9,6 +9,7 @@ from .processors import (
     plausibility_mask,
     top_p_filter,
 )
+from .reversal import ToxificationReversal
 
 __all__ = [
     "AuxiliaryLM",
@@ -18,4 +19,5 @@ __all__ = [
     "UniDetoxLogitsProcessor",
     "plausibility_mask",
     "top_p_filter",
+    "ToxificationReversal",
 ]

@@ -22,7 +22,7 @@ from .processors import (
     UniDetoxLogitsProcessor,
 )
 
-METHODS = ("none", "socd", "cd", "dexperts", "unidetox")
+METHODS = ("none", "socd", "cd", "dexperts", "unidetox", "reversal")
 NEEDS_TOXIC = {"socd", "cd", "dexperts", "unidetox"}
 
 
@@ -39,6 +39,13 @@ class MethodConfig:
     cd_beta: float = 0.5
     dexperts_alpha: float = 2.0
     dexperts_top_p: float = 0.9
+    # toxification reversal (reversal.md); None means the default (all layers, 0.4, 0.6, on, the spec's prefixes)
+    reversal_layers: str | None = None
+    reversal_norm_exp: float | None = None
+    reversal_sim_exp: float | None = None
+    reversal_renorm: bool | None = None
+    reversal_neg_prefix: str | None = None
+    reversal_pos_prefix: str | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -70,6 +77,16 @@ class Generator:
                 check_same_vocabulary(self.tokenizer, etok, self.model, em)
                 self.expert = em.eval()
         self.model.eval()
+        self.reversal = self._reversal() if method == "reversal" else None
+
+    def _reversal(self):
+        from .reversal import ToxificationReversal
+
+        c = self.config
+        kw = {k: v for k, v in dict(layers=c.reversal_layers, norm_exp=c.reversal_norm_exp, sim_exp=c.reversal_sim_exp,
+                                    renorm=c.reversal_renorm, neg_prefix=c.reversal_neg_prefix,
+                                    pos_prefix=c.reversal_pos_prefix).items() if v is not None}
+        return ToxificationReversal(self.model, self.tokenizer, **kw)
 
     def _processor(self, mask):
         c, pad = self.config, self.tokenizer.pad_token_id
@@ -116,7 +133,11 @@ class Generator:
                   pad_token_id=tok.pad_token_id, logits_processor=LogitsProcessorList([proc]) if proc else None)
         if do_sample:
             kw.update(top_p=top_p, temperature=temperature, top_k=0)
-        out = self.model.generate(input_ids=ids, attention_mask=mask, **kw)
+        if self.reversal is not None:
+            with self.reversal.active():
+                out = self.model.generate(input_ids=ids, attention_mask=mask, **kw)
+        else:
+            out = self.model.generate(input_ids=ids, attention_mask=mask, **kw)
         texts = tok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
         return [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]
 
@@ -126,6 +147,8 @@ class Generator:
             s["toxic_model"] = self.toxic_name
         if self.method != "none":
             s["method_config"] = {k: v for k, v in asdict(self.config).items() if v is not None and k != "extra"}
+        if self.reversal is not None:
+            s["reversal"] = self.reversal.settings()
         return s
 
 

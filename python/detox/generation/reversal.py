@@ -1,0 +1,269 @@
+"""Toxification Reversal (Leong et al., EMNLP 2023; ``../shared/specs/reversal.md``) for any
+HuggingFace decoder whose attention has an output projection, batched.
+
+:class:`ToxificationReversal` hooks the input of each selected layer's output projection
+(``self_attn.o_proj`` in Llama / Qwen2 / Mistral / SmolLM2 / Gemma, ``attn.c_proj`` in GPT-2,
+``out_proj`` / ``dense`` elsewhere): that input is the per-head attention output ``[B, T, H*D]``,
+whatever the number of key/value heads. Inside ``with rev.active(): model.generate(...)``, every
+forward of the model is preceded by the read pass:
+
+- read pass: the model's decoder runs over ``2B`` rows ``[pos_prefix + context ;
+  neg_prefix + context]`` with its own KV cache (the prefixes are left-padded to one length, the
+  context keeps generate's attention mask, positions come from the mask), fed with exactly the
+  tokens that generate feeds; the hooks capture ``δ = o_neg − o_pos`` at the last position;
+- write pass: generate's own forward; the hooks apply
+  :func:`detox_kernels.reverse_toxification_` in place to the last position's head outputs.
+
+``e_neg`` (the head output at the last token of the negative prefix alone) is computed once.
+No host synchronisation and no loop over rows per step; the loop is over the selected layers.
+The prefixes are tokenized on their own (no special tokens) and put before the prompt's tokens.
+Identical prefixes give ``δ = 0`` and reproduce plain generation exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import dataclass
+
+import torch
+
+import detox_kernels
+from detox_kernels import reversal as _rev_op
+
+NEG_PREFIX = "The following text is abusive, harmful, negative, obscene, racist, rude and toxic: "
+POS_PREFIX = "The following text is kind, polite, positive, respectful and supportive: "
+
+_ATTN_NAMES = ("self_attn", "attn", "attention", "self_attention")
+_PROJ_NAMES = ("o_proj", "c_proj", "out_proj", "dense")
+
+
+@dataclass
+class HeadOutputSite:
+    """Where a layer's per-head attention output can be hooked: the input of ``module``."""
+
+    layer: int
+    name: str
+    module: torch.nn.Module
+
+
+def _in_features(m: torch.nn.Module) -> int | None:
+    if isinstance(m, torch.nn.Linear):
+        return m.in_features
+    if type(m).__name__ == "Conv1D" and hasattr(m, "weight"):  # GPT-2: weight [in, out]
+        return m.weight.shape[0]
+    return getattr(m, "in_features", None)
+
+
+def head_geometry(model) -> tuple[int, int]:
+    """``(H, D)``: attention heads and head dimension from the model's (text) config."""
+    cfg = model.config
+    if hasattr(cfg, "get_text_config"):
+        cfg = cfg.get_text_config()
+    h = getattr(cfg, "num_attention_heads", None)
+    if not h:
+        raise ValueError(f"toxification reversal: {type(model).__name__}'s config has no num_attention_heads")
+    d = getattr(cfg, "head_dim", None) or cfg.hidden_size // h
+    return int(h), int(d)
+
+
+def find_head_output_sites(model) -> tuple[list[HeadOutputSite], int, int]:
+    """The output projection of every decoder layer, and ``(H, D)``; a clear error otherwise."""
+    h, d = head_geometry(model)
+    layers = None
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.ModuleList) and len(mod) > 0 and any(hasattr(mod[0], a) for a in _ATTN_NAMES):
+            layers = (name, mod)
+            break
+    if layers is None:
+        raise ValueError(
+            f"toxification reversal: cannot find the decoder layers of {type(model).__name__} (a ModuleList of "
+            f"layers with one of the attributes {', '.join(_ATTN_NAMES)}); supported: GPT-2, Llama, Qwen2, "
+            "Mistral, SmolLM2, Gemma and decoders built the same way")
+    lname, mods = layers
+    sites = []
+    for i, layer in enumerate(mods):
+        attn_name = next((a for a in _ATTN_NAMES if hasattr(layer, a)), None)
+        attn = getattr(layer, attn_name) if attn_name else None
+        proj_name = next((p for p in _PROJ_NAMES if attn is not None and hasattr(attn, p)), None)
+        if proj_name is None:
+            raise ValueError(f"toxification reversal: layer {i} of {type(model).__name__} has no attention output "
+                             f"projection ({', '.join(_PROJ_NAMES)}) to hook")
+        proj = getattr(attn, proj_name)
+        width = _in_features(proj)
+        if width is not None and width != h * d:
+            raise ValueError(f"toxification reversal: {lname}.{i}.{attn_name}.{proj_name} takes {width} features, "
+                             f"not heads x head_dim = {h} x {d}; this architecture is not supported")
+        sites.append(HeadOutputSite(i, f"{lname}.{i}.{attn_name}.{proj_name}", proj))
+    return sites, h, d
+
+
+def parse_layers(spec, num_layers: int) -> list[int]:
+    """Layer selection: ``None``/``"all"``, ints, or a string like ``"8-20"``, ``"10,12,-1"``."""
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "all")):
+        return list(range(num_layers))
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    out = []
+    for it in items:
+        m = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", it) if isinstance(it, str) else None
+        try:
+            out.extend(range(int(m.group(1)), int(m.group(2)) + 1) if m else [int(it)])
+        except ValueError:
+            raise ValueError(f"toxification reversal: bad layer selection {spec!r} (use e.g. 8-20 or 10,12,-1)") from None
+    res = []
+    for i in out:
+        j = i + num_layers if i < 0 else i
+        if not 0 <= j < num_layers:
+            raise ValueError(f"toxification reversal: layer {i} out of range for a model with {num_layers} layers")
+        if j not in res:
+            res.append(j)
+    if not res:
+        raise ValueError("toxification reversal: no layers selected")
+    return sorted(res)
+
+
+class ToxificationReversal:
+    """Toxification Reversal around ``model.generate`` (see the module docstring).
+
+    Args:
+        model, tokenizer: any HuggingFace causal LM with hookable per-head outputs, its tokenizer.
+        layers: the layers to modify (all by default): ints, or ``"8-20"`` / ``"10,12,-1"``.
+        norm_exp, sim_exp, renorm: the op's parameters (0.4, 0.6, on).
+        neg_prefix, pos_prefix: the two prefixes (``pos_prefix=""`` is the paper's other option).
+        backend: force a backend of the op (``cuda | triton | cpu | reference``).
+
+    Use ``with rev.active(): model.generate(...)`` (greedy or sampling; not beam search).
+    """
+
+    def __init__(self, model, tokenizer, *, layers=None, norm_exp: float = 0.4, sim_exp: float = 0.6,
+                 renorm: bool = True, neg_prefix: str = NEG_PREFIX, pos_prefix: str = POS_PREFIX,
+                 backend: str | None = None):
+        self.model = model
+        self.sites, self.heads, self.head_dim = find_head_output_sites(model)
+        self.layers = parse_layers(layers, len(self.sites))
+        self.norm_exp, self.sim_exp, self.renorm = float(norm_exp), float(sim_exp), bool(renorm)
+        self.backend = backend
+        self.neg_prefix, self.pos_prefix = neg_prefix, pos_prefix
+        neg = tokenizer(neg_prefix, add_special_tokens=False)["input_ids"] if neg_prefix else []
+        pos = tokenizer(pos_prefix, add_special_tokens=False)["input_ids"] if pos_prefix else []
+        if not neg:
+            raise ValueError("toxification reversal: the negative prefix is empty")
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+        p = max(len(neg), len(pos))
+        ids = torch.full((2, p), pad, dtype=torch.long)
+        mask = torch.zeros((2, p), dtype=torch.long)
+        for r, seq in enumerate((pos, neg)):  # left-padded: row 0 positive, row 1 negative
+            if seq:
+                ids[r, p - len(seq):] = torch.tensor(seq)
+                mask[r, p - len(seq):] = 1
+        self.prefix_ids, self.prefix_mask, self.neg_ids = ids, mask, torch.tensor([neg])
+        self.e_neg: dict[int, torch.Tensor] = {}
+        self.delta: dict[int, torch.Tensor] = {}
+        self._mode = None  # None | "e_neg" | "capture" | "apply"
+        self._cache = None
+        self._handles = []
+        self._run = None
+
+    # ------------------------------------------------------------ hooks
+    def _site_hook(self, layer: int):
+        def hook(module, args):
+            mode = self._mode
+            if mode is None:
+                return None
+            x = args[0]
+            last = x[:, -1, :]
+            if mode == "apply":
+                n = x.shape[0]
+                if self.delta[layer].shape[0] != n:
+                    raise RuntimeError(f"toxification reversal: the read pass had {self.delta[layer].shape[0]} rows, "
+                                       f"the forward has {n}")
+                o = last.view(n, self.heads, self.head_dim)
+                if self._run is None:  # first call: full validation and backend choice, then reuse it
+                    detox_kernels.reverse_toxification_(o, self.delta[layer], self.e_neg[layer], norm_exp=self.norm_exp,
+                                                        sim_exp=self.sim_exp, renorm=self.renorm, backend=self.backend)
+                    self._run = _rev_op.select("reverse_toxification_", _rev_op.BACKENDS, o, backend=self.backend).run
+                else:  # same layout, dtype and device every step: skip the Python-side checks
+                    self._run(o, self.delta[layer], self.e_neg[layer], self.norm_exp, self.sim_exp, self.renorm)
+            elif mode == "capture":
+                n = x.shape[0] // 2
+                self.delta[layer] = (last[n:] - last[:n]).view(n, self.heads, self.head_dim)
+            elif mode == "e_neg":
+                self.e_neg[layer] = last[0].reshape(self.heads, self.head_dim).clone()
+            return None
+
+        return hook
+
+    def _model_hook(self, module, args, kwargs):
+        if self._mode != "apply":  # our own read pass, or outside an active() block
+            return None
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        if input_ids is None:
+            raise ValueError("toxification reversal needs input_ids (inputs_embeds are not supported)")
+        past = kwargs.get("past_key_values")
+        past_len = past.get_seq_length() if past is not None and hasattr(past, "get_seq_length") else 0
+        mask = kwargs.get("attention_mask")
+        if mask is None:
+            mask = torch.ones(input_ids.shape[0], past_len + input_ids.shape[1], dtype=torch.long,
+                              device=input_ids.device)
+        if mask.dim() != 2:
+            raise ValueError("toxification reversal needs a 2D attention mask (use a dynamic cache)")
+        self._read(input_ids, mask, prefill=past_len == 0)
+        return None
+
+    @torch.no_grad()
+    def _read(self, input_ids: torch.Tensor, mask: torch.Tensor, prefill: bool):
+        n, t = input_ids.shape
+        dev = input_ids.device
+        p = self.prefix_ids.shape[1]
+        pm = self.prefix_mask.to(dev)[:, None, :].expand(2, n, p).reshape(2 * n, p)
+        full = torch.cat([pm, mask.to(dtype=pm.dtype).repeat(2, 1)], dim=1)
+        ids = input_ids.repeat(2, 1)
+        if prefill or self._cache is None:
+            self._cache = None
+            pids = self.prefix_ids.to(dev)[:, None, :].expand(2, n, p).reshape(2 * n, p)
+            ids = torch.cat([pids, ids], dim=1)
+        pos = (full.cumsum(-1) - 1).clamp_min(0)[:, -ids.shape[1]:]
+        self._mode = "capture"
+        try:
+            out = self.model.base_model(input_ids=ids, attention_mask=full, position_ids=pos,
+                                        past_key_values=self._cache, use_cache=True)
+        finally:
+            self._mode = "apply"
+        self._cache = out.past_key_values
+
+    @torch.no_grad()
+    def _compute_e_neg(self):
+        dev = next(self.model.parameters()).device
+        self._mode = "e_neg"
+        try:
+            self.model.base_model(input_ids=self.neg_ids.to(dev), use_cache=False)
+        finally:
+            self._mode = None
+
+    # ------------------------------------------------------------ public
+    @contextlib.contextmanager
+    def active(self):
+        """Hooks installed for the duration of the block (one or more ``generate`` calls)."""
+        if self._handles:
+            raise RuntimeError("toxification reversal: already active")
+        try:
+            for i in self.layers:
+                self._handles.append(self.sites[i].module.register_forward_pre_hook(self._site_hook(i)))
+            if not self.e_neg:
+                self._compute_e_neg()
+            self._handles.append(self.model.register_forward_pre_hook(self._model_hook, with_kwargs=True))
+            self._mode = "apply"
+            yield self
+        finally:
+            for h in self._handles:
+                h.remove()
+            self._handles = []
+            self._mode = None
+            self._cache = None
+            self._run = None
+            self.delta = {}
+
+    def settings(self) -> dict:
+        return {"layers": self.layers if len(self.layers) != len(self.sites) else "all", "norm_exp": self.norm_exp,
+                "sim_exp": self.sim_exp, "renorm": self.renorm, "neg_prefix": self.neg_prefix,
+                "pos_prefix": self.pos_prefix}
