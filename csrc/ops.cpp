@@ -11,4 +11,11 @@ TORCH_LIBRARY(detox, m) {
       "socd(Tensor base, Tensor toxic, Tensor(a!) out, Tensor(b!) alpha, Tensor(c!) divergence, "
       "Tensor(d!) k, int divergence_kind, int k_min, int k_max, int vocab_size, bool k_ceil, "
       "bool signed_subtract) -> ()");
+  // SASA re-weighting (../shared/specs/sasa.md §2-3; contract in detox_kernels/reference/sasa.py):
+  // margins = (hidden - midpoint) . direction into `margins` [B, K] f32, then, in place,
+  // logits[b, ids[b, k]] += beta[b] * weight[b, k] (mode 0 softmax over the valid candidates,
+  // 1 tilt = the margin itself).
+  m.def(
+      "sasa_reweight(Tensor(a!) logits, Tensor ids, Tensor hidden, Tensor direction, Tensor midpoint, "
+      "Tensor beta, Tensor? valid, Tensor(b!) margins, int mode) -> ()");
 }

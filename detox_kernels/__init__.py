@@ -6,7 +6,8 @@ shape; ``DETOX_BACKEND`` forces one. ``python -m detox_kernels.info`` shows what
 
 from . import _ext  # noqa: F401  (loads the compiled ops, or warns once and falls back)
 from .dispatch import BackendUnavailableError
+from .sasa import sasa_reweight
 from .socd import SocdStats, socd
 
 __version__ = "0.1.0"
-__all__ = ["socd", "SocdStats", "BackendUnavailableError", "__version__"]
+__all__ = ["socd", "sasa_reweight", "SocdStats", "BackendUnavailableError", "__version__"]
