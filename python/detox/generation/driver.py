@@ -22,7 +22,7 @@ from .processors import (
     UniDetoxLogitsProcessor,
 )
 
-METHODS = ("none", "socd", "cd", "dexperts", "unidetox")
+METHODS = ("none", "socd", "cd", "dexperts", "unidetox", "sasa")
 NEEDS_TOXIC = {"socd", "cd", "dexperts", "unidetox"}
 
 
@@ -39,6 +39,11 @@ class MethodConfig:
     cd_beta: float = 0.5
     dexperts_alpha: float = 2.0
     dexperts_top_p: float = 0.9
+    sasa_subspace: str | None = None  # SASA (sasa.md): subspace file (default: see detox.sasa.resolve_subspace)
+    sasa_beta: float = 10.0
+    sasa_mode: str = "softmax"
+    sasa_max_candidates: int = 50
+    sasa_outside: str = "keep"
     extra: dict = field(default_factory=dict)
 
 
@@ -70,6 +75,11 @@ class Generator:
                 check_same_vocabulary(self.tokenizer, etok, self.model, em)
                 self.expert = em.eval()
         self.model.eval()
+        self.sasa = None
+        if method == "sasa":
+            from ..sasa import make_sasa_decoder
+
+            self.sasa = make_sasa_decoder(self.model, self.model_name, self.config)
 
     def _processor(self, mask):
         c, pad = self.config, self.tokenizer.pad_token_id
@@ -116,7 +126,12 @@ class Generator:
                   pad_token_id=tok.pad_token_id, logits_processor=LogitsProcessorList([proc]) if proc else None)
         if do_sample:
             kw.update(top_p=top_p, temperature=temperature, top_k=0)
-        out = self.model.generate(input_ids=ids, attention_mask=mask, **kw)
+        if self.sasa is not None:  # SASA runs its own decoding loop (K-candidate forward per step)
+            out = self.sasa.generate(ids, mask, max_new_tokens=max_new_tokens, do_sample=do_sample, top_p=top_p,
+                                     temperature=temperature, top_k=0, num_return_sequences=num_samples,
+                                     pad_token_id=tok.pad_token_id)
+        else:
+            out = self.model.generate(input_ids=ids, attention_mask=mask, **kw)
         texts = tok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
         return [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]
 
