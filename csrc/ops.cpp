@@ -17,5 +17,5 @@ TORCH_LIBRARY(detox, m) {
   // 1 tilt = the margin itself).
   m.def(
       "sasa_reweight(Tensor(a!) logits, Tensor ids, Tensor hidden, Tensor direction, Tensor midpoint, "
-      "Tensor beta, Tensor? valid, Tensor(b!) margins, int mode) -> ()");
+      "Tensor beta, Tensor? valid, Tensor(b!) margins, int weighting) -> ()");
 }

@@ -206,5 +206,5 @@ def sasa_reweight(
 if _ext.has_cpu_kernels():
 
     @torch.library.register_fake("detox::sasa_reweight")
-    def _sasa_reweight_fake(logits, ids, hidden, direction, midpoint, beta, valid, margins, mode):
+    def _sasa_reweight_fake(logits, ids, hidden, direction, midpoint, beta, valid, margins, weighting):
         return None

@@ -70,6 +70,7 @@ if AVAILABLE:
             mx = tl.where((mx == float("inf")) | (mx == float("-inf")), 0.0, mx)
             e = tl.where(take, tl.exp(masked - mx), 0.0)
             s = tl.sum(e, axis=0)
+            s = tl.where(s > 0, s, 1.0)  # a row without candidates: no 0/0
             weight = e / s
         # 3. one write per distinct id
         ids_j = tl.load(ids_ptr + row * ids_stride + offs_k, mask=in_k, other=-1)
@@ -136,10 +137,10 @@ if AVAILABLE:
         beta: torch.Tensor,
         valid: torch.Tensor | None,
         margins: torch.Tensor,
-        mode: int,
+        weighting: int,
     ) -> None:
         """SASA re-weighting with the Triton kernel; the arguments of ``detox::sasa_reweight``."""
-        _check(logits, ids, hidden, direction, midpoint, beta, valid, margins, mode)
+        _check(logits, ids, hidden, direction, midpoint, beta, valid, margins, weighting)
         b, k = ids.shape
         d = hidden.shape[2]
         if b == 0 or k == 0:
@@ -151,13 +152,13 @@ if AVAILABLE:
             logits.stride(0), ids.stride(0), hidden.stride(0), hidden.stride(1),
             valid.stride(0) if valid is not None else 0, margins.stride(0),
             logits.shape[1], k, d,
-            TILT=mode == 1, HAS_VALID=valid is not None, BLOCK_K=block_k, BLOCK_D=block_d,
+            TILT=weighting == 1, HAS_VALID=valid is not None, BLOCK_K=block_k, BLOCK_D=block_d,
             num_warps=4,
         )
 
     @sasa_reweight_triton.register_fake
-    def _sasa_reweight_triton_fake(logits, ids, hidden, direction, midpoint, beta, valid, margins, mode):
-        _check(logits, ids, hidden, direction, midpoint, beta, valid, margins, mode)
+    def _sasa_reweight_triton_fake(logits, ids, hidden, direction, midpoint, beta, valid, margins, weighting):
+        _check(logits, ids, hidden, direction, midpoint, beta, valid, margins, weighting)
         return None
 
     if _INTERPRETED:
