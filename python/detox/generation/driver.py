@@ -83,6 +83,11 @@ class Generator:
                 self.expert = em.eval()
         self.model.eval()
         self.reversal = self._reversal() if method == "reversal" else None
+        self.sasa = None
+        if method == "sasa":
+            from ..sasa import make_sasa_decoder
+
+            self.sasa = make_sasa_decoder(self.model, self.model_name, self.config)
 
     def _reversal(self):
         from .reversal import ToxificationReversal
@@ -92,11 +97,6 @@ class Generator:
                                     renorm=c.reversal_renorm, neg_prefix=c.reversal_neg_prefix,
                                     pos_prefix=c.reversal_pos_prefix).items() if v is not None}
         return ToxificationReversal(self.model, self.tokenizer, **kw)
-        self.sasa = None
-        if method == "sasa":
-            from ..sasa import make_sasa_decoder
-
-            self.sasa = make_sasa_decoder(self.model, self.model_name, self.config)
 
     def _processor(self, mask):
         c, pad = self.config, self.tokenizer.pad_token_id
