@@ -14,7 +14,7 @@ void run_rows(void* o, const void* delta, const void* e, const detox::ReversalPa
   const T* db = static_cast<const T*>(delta);
   const T* eb = static_cast<const T*>(e);
   at::parallel_for(0, p.rows, 1, [&](int64_t begin, int64_t end) {
-    std::vector<double> scratch;
+    std::vector<float> scratch;
     for (int64_t r = begin; r < end; ++r) {
       detox::cpu::reversal_row<T>(ob + r * p.o_stride, db + r * p.d_stride, eb, p, scratch);
     }

@@ -13,8 +13,8 @@ of ``o [B, H, D]``, ``delta [B, H, D]`` and ``e_neg [H, D]``:
 ``max(cos, 0)`` maps a NaN cosine to 0. NaN or inf inputs make their row non-finite (with
 ``renorm`` the whole row turns NaN through the rescaling factor); other rows are unaffected.
 
-Backends accumulate in float32 (the CPU kernel in float64) and round the result to the dtype of
-``o``. When ``δ`` is exactly 0, ``o' = o`` bit for bit on every backend: the update subtracts
+Backends form ``o'`` in float32 and round the result to the dtype of ``o``; the sums are float32
+(the CPU kernel combines float lanes in double). When ``δ`` is exactly 0, ``o' = o`` bit for bit on every backend: the update subtracts
 zeros and the two norms are summed in the same order, so the rescaling factor is exactly 1.
 No check for NaN / inf: that would need a host synchronisation.
 """
