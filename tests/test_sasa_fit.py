@@ -35,6 +35,9 @@ def test_streaming_fit_equals_dense(n1, n2, d):
     torch.testing.assert_close(m, m_ref, atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(w, w_ref, atol=1e-6, rtol=1e-6)
     assert abs(float(w.norm()) - 1) < 1e-12
+    w_s, _, info_s = acc.solve(shrinkage=0.5)
+    torch.testing.assert_close(w_s, fit_dense(h.float(), y, shrinkage=0.5)[0], atol=1e-6, rtol=1e-6)
+    assert info_s["eigenvalues_kept"] == d and not torch.allclose(w_s, w)
     # positive margin = the non-toxic side: most class-0 points are positive
     margin = (h.double() - m) @ w
     yy = torch.tensor(y)

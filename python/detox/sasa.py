@@ -203,7 +203,9 @@ class MomentAccumulator:
                 self.s[c] += x.sum(0)
                 self.ss[c] += x.T @ x
 
-    def solve(self, eig_threshold: float = EIG_THRESHOLD) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    def solve(self, eig_threshold: float = EIG_THRESHOLD, shrinkage: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """``shrinkage`` = 0 is the spec's fit; ``s > 0`` uses ``Sigma + s * (tr Sigma / D) * I`` (ridge /
+        shrinkage LDA), which generalises better when there are few texts per dimension."""
         n1, n2 = self.n
         if n1 < 2 or n2 < 2:
             raise ValueError(f"need at least 2 texts per class, have {n1} non-toxic and {n2} toxic")
@@ -213,6 +215,8 @@ class MomentAccumulator:
         scatter2 = self.ss[1] - n2 * torch.outer(mu2, mu2)
         sigma = (scatter1 + scatter2) / (n1 + n2 - 2)
         sigma = (sigma + sigma.T) / 2
+        if shrinkage:
+            sigma = sigma + float(shrinkage) * torch.trace(sigma) / self.dim * torch.eye(self.dim, dtype=sigma.dtype)
         evals, evecs = torch.linalg.eigh(sigma)
         keep = evals > eig_threshold
         inv = torch.where(keep, 1.0 / torch.where(keep, evals, torch.ones_like(evals)), torch.zeros_like(evals))
@@ -223,16 +227,19 @@ class MomentAccumulator:
             raise ValueError("the fitted direction is zero or not finite: the two classes have the same mean")
         w = w / norm
         m = (mu1 + mu2) / 2
-        return w, m, {"n_nontoxic": n1, "n_toxic": n2, "eigenvalues_kept": int(keep.sum()), "dim": self.dim}
+        return w, m, {"n_nontoxic": n1, "n_toxic": n2, "eigenvalues_kept": int(keep.sum()), "dim": self.dim,
+                     "shrinkage": float(shrinkage)}
 
 
-def fit_dense(h: torch.Tensor, labels, eig_threshold: float = EIG_THRESHOLD):
+def fit_dense(h: torch.Tensor, labels, eig_threshold: float = EIG_THRESHOLD, shrinkage: float = 0.0):
     """The same fit from all embeddings at once (``torch.cov``); for tests."""
     h = h.double()
     y = torch.as_tensor(labels)
     x1, x2 = h[y == 0], h[y == 1]
     n1, n2 = x1.shape[0], x2.shape[0]
     sigma = ((n1 - 1) * torch.cov(x1.T) + (n2 - 1) * torch.cov(x2.T)) / (n1 + n2 - 2)
+    d = sigma.shape[0]
+    sigma = sigma + shrinkage * torch.trace(sigma) / d * torch.eye(d, dtype=sigma.dtype)
     w = torch.linalg.pinv(sigma, hermitian=True, atol=eig_threshold) @ (x1.mean(0) - x2.mean(0)) / 2
     return w / w.norm(), (x1.mean(0) + x2.mean(0)) / 2
 
@@ -282,7 +289,8 @@ class Subspace:
 
 
 def fit_subspace(model, tokenizer, data: Labelled, *, model_name: str = "model", batch_size: int = 32,
-                 holdout: float = 0.1, seed: int = 0, max_length: int = 128, progress: bool = True) -> Subspace:
+                 holdout: float = 0.1, seed: int = 0, max_length: int = 128, progress: bool = True,
+                 shrinkage: float = 0.0) -> Subspace:
     """Stream the texts through the model, fit on the training split, report held-out accuracy."""
     from tqdm.auto import tqdm
 
@@ -314,7 +322,7 @@ def fit_subspace(model, tokenizer, data: Labelled, *, model_name: str = "model",
             held_y += [y for y, t in zip(ys, tr.tolist()) if not t]
         bar.update(len(chunk))
     bar.close()
-    w, m, info = acc.solve()
+    w, m, info = acc.solve(shrinkage=shrinkage)
     sub = Subspace(w.float(), m.float(), model_name, info=info)
     if held_h:
         hh = torch.cat(held_h)
