@@ -58,13 +58,31 @@ def main(argv=None):
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--skip-one-at-a-time-above", type=int, default=1 << 30,
                     help="only time the one-at-a-time form on the first N rows of larger batches and scale")
+    ap.add_argument("--random-weights", default=None, metavar="CONFIG_JSON",
+                    help="build the model from this config with random weights (e.g. bench/configs/smollm2-135m.json, "
+                         "for machines without the embedded assets); prompts are then random token ids of "
+                         "--prompt-len tokens, and the subspace a random unit direction")
+    ap.add_argument("--prompt-len", type=int, default=24)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     dev = args.device
-    model, tok = load_causal_lm(args.model, dtype=getattr(torch, args.dtype), device=dev)
-    model.eval()
-    sub = Subspace.load(resolve_subspace(args.subspace, args.model))
-    w, m = sub.direction.to(dev), sub.midpoint.to(dev)
+    dtype = getattr(torch, args.dtype)
+    if args.random_weights:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        cfg = AutoConfig.from_pretrained(args.random_weights)
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(cfg, torch_dtype=dtype).to(dev).eval()
+        tok = None
+        args.model = f"random weights, {os.path.basename(args.random_weights)}"
+        w = torch.nn.functional.normalize(torch.randn(cfg.hidden_size), dim=0).to(dev)
+        m = torch.zeros(cfg.hidden_size, device=dev)
+    else:
+        model, tok = load_causal_lm(args.model, dtype=dtype, device=dev)
+        model.eval()
+        sub = Subspace.load(resolve_subspace(args.subspace, args.model))
+        w, m = sub.direction.to(dev), sub.midpoint.to(dev)
+    pad_id = tok.pad_token_id if tok is not None else 0
 
     def sync():
         if dev == "cuda":
@@ -87,16 +105,20 @@ def main(argv=None):
     rows = []
     dec = SASADecoder(model, w, m, beta=args.beta, max_candidates=args.k, outside="mask")
     for b in [int(s) for s in args.batches.split(",")]:
-        texts = prompts_for(args.prompts, b)
-        enc = tok(texts, return_tensors="pt", padding=True).to(dev)
+        if tok is None:
+            g = torch.Generator().manual_seed(b)
+            ids = torch.randint(10, model.config.vocab_size, (b, args.prompt_len), generator=g)
+            enc = {"input_ids": ids.to(dev), "attention_mask": torch.ones_like(ids).to(dev)}
+        else:
+            enc = tok(prompts_for(args.prompts, b), return_tensors="pt", padding=True).to(dev)
         n_new = b * args.max_new_tokens
-        kw = dict(do_sample=True, top_p=0.9, pad_token_id=tok.pad_token_id,
+        kw = dict(do_sample=True, top_p=0.9, pad_token_id=pad_id,
                   eos_token_id=[])  # fixed length, so every form makes the same number of tokens
 
         def plain(n):
             torch.manual_seed(0)
             model.generate(**enc, do_sample=True, top_p=0.9, top_k=0, max_new_tokens=n, min_new_tokens=n,
-                           pad_token_id=tok.pad_token_id)
+                           pad_token_id=pad_id)
 
         def batched(n):
             torch.manual_seed(0)

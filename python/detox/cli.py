@@ -113,7 +113,8 @@ def cmd_fit_sasa(args) -> int:
     print(f"fit-sasa: {n1} non-toxic and {n2} toxic texts", file=sys.stderr)
     model, tok = load_causal_lm(args.model)
     sub = fit_subspace(model.eval(), tok, data, model_name=args.model, batch_size=args.batch_size,
-                       holdout=args.holdout, seed=args.seed, max_length=args.max_length, shrinkage=args.shrinkage)
+                       holdout=args.holdout, seed=args.seed, max_length=args.max_length, shrinkage=args.shrinkage,
+                       embeddings_cache=args.embeddings_cache)
     out = args.out or default_subspace_path(args.model)
     sub.save(out)
     i = sub.info
@@ -290,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, default=0, help="split seed (default: 0)")
     f.add_argument("--out", default=None, help="output file (default: $DETOX_HOME/sasa/<model>-toxigen.safetensors)")
     f.add_argument("--report", default=None, help="also write the fit's statistics as JSON here")
+    f.add_argument("--embeddings-cache", default=None,
+                   help="keep the embeddings in this file (all in memory) so that a refit does not run the model again")
     f.set_defaults(func=cmd_fit_sasa)
 
     e = sub.add_parser("eval", help="toxicity benchmark: EMT, TP, PPL, Dist-n for several methods",
