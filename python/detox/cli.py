@@ -127,7 +127,8 @@ def cmd_fit_sasa(args) -> int:
     print(f"fit-sasa: {n1} non-toxic and {n2} toxic texts", file=sys.stderr)
     model, tok = load_causal_lm(args.model)
     sub = fit_subspace(model.eval(), tok, data, model_name=args.model, batch_size=args.batch_size,
-                       holdout=args.holdout, seed=args.seed, max_length=args.max_length)
+                       holdout=args.holdout, seed=args.seed, max_length=args.max_length, shrinkage=args.shrinkage,
+                       embeddings_cache=args.embeddings_cache)
     out = args.out or default_subspace_path(args.model)
     sub.save(out)
     i = sub.info
@@ -296,11 +297,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ToxiGen: fit on the unique sentences of the prompt lists (default) or on whole lines")
     f.add_argument("--limit-per-label", type=int, default=None, help="a seeded random subset of each class")
     f.add_argument("--holdout", type=float, default=0.2, help="held-out fraction for the accuracy (default: 0.2)")
+    f.add_argument("--shrinkage", type=float, default=0.0,
+                   help="ridge on the pooled covariance, Sigma + s*(tr Sigma/D)*I (default: 0, the spec's pseudo-inverse; "
+                        "use ~0.5 with few texts per hidden dimension)")
     f.add_argument("--batch-size", type=int, default=32, help="texts per forward (default: 32)")
     f.add_argument("--max-length", type=int, default=128, help="tokens per text (default: 128)")
     f.add_argument("--seed", type=int, default=0, help="split seed (default: 0)")
     f.add_argument("--out", default=None, help="output file (default: $DETOX_HOME/sasa/<model>-toxigen.safetensors)")
     f.add_argument("--report", default=None, help="also write the fit's statistics as JSON here")
+    f.add_argument("--embeddings-cache", default=None,
+                   help="keep the embeddings in this file (all in memory) so that a refit does not run the model again")
     f.set_defaults(func=cmd_fit_sasa)
 
     e = sub.add_parser("eval", help="toxicity benchmark: EMT, TP, PPL, Dist-n for several methods",

@@ -203,7 +203,9 @@ class MomentAccumulator:
                 self.s[c] += x.sum(0)
                 self.ss[c] += x.T @ x
 
-    def solve(self, eig_threshold: float = EIG_THRESHOLD) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    def solve(self, eig_threshold: float = EIG_THRESHOLD, shrinkage: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """``shrinkage`` = 0 is the spec's fit; ``s > 0`` uses ``Sigma + s * (tr Sigma / D) * I`` (ridge /
+        shrinkage LDA), which generalises better when there are few texts per dimension."""
         n1, n2 = self.n
         if n1 < 2 or n2 < 2:
             raise ValueError(f"need at least 2 texts per class, have {n1} non-toxic and {n2} toxic")
@@ -213,6 +215,8 @@ class MomentAccumulator:
         scatter2 = self.ss[1] - n2 * torch.outer(mu2, mu2)
         sigma = (scatter1 + scatter2) / (n1 + n2 - 2)
         sigma = (sigma + sigma.T) / 2
+        if shrinkage:
+            sigma = sigma + float(shrinkage) * torch.trace(sigma) / self.dim * torch.eye(self.dim, dtype=sigma.dtype)
         evals, evecs = torch.linalg.eigh(sigma)
         keep = evals > eig_threshold
         inv = torch.where(keep, 1.0 / torch.where(keep, evals, torch.ones_like(evals)), torch.zeros_like(evals))
@@ -223,16 +227,19 @@ class MomentAccumulator:
             raise ValueError("the fitted direction is zero or not finite: the two classes have the same mean")
         w = w / norm
         m = (mu1 + mu2) / 2
-        return w, m, {"n_nontoxic": n1, "n_toxic": n2, "eigenvalues_kept": int(keep.sum()), "dim": self.dim}
+        return w, m, {"n_nontoxic": n1, "n_toxic": n2, "eigenvalues_kept": int(keep.sum()), "dim": self.dim,
+                     "shrinkage": float(shrinkage)}
 
 
-def fit_dense(h: torch.Tensor, labels, eig_threshold: float = EIG_THRESHOLD):
+def fit_dense(h: torch.Tensor, labels, eig_threshold: float = EIG_THRESHOLD, shrinkage: float = 0.0):
     """The same fit from all embeddings at once (``torch.cov``); for tests."""
     h = h.double()
     y = torch.as_tensor(labels)
     x1, x2 = h[y == 0], h[y == 1]
     n1, n2 = x1.shape[0], x2.shape[0]
     sigma = ((n1 - 1) * torch.cov(x1.T) + (n2 - 1) * torch.cov(x2.T)) / (n1 + n2 - 2)
+    d = sigma.shape[0]
+    sigma = sigma + shrinkage * torch.trace(sigma) / d * torch.eye(d, dtype=sigma.dtype)
     w = torch.linalg.pinv(sigma, hermitian=True, atol=eig_threshold) @ (x1.mean(0) - x2.mean(0)) / 2
     return w / w.norm(), (x1.mean(0) + x2.mean(0)) / 2
 
@@ -282,8 +289,13 @@ class Subspace:
 
 
 def fit_subspace(model, tokenizer, data: Labelled, *, model_name: str = "model", batch_size: int = 32,
-                 holdout: float = 0.1, seed: int = 0, max_length: int = 128, progress: bool = True) -> Subspace:
-    """Stream the texts through the model, fit on the training split, report held-out accuracy."""
+                 holdout: float = 0.1, seed: int = 0, max_length: int = 128, progress: bool = True,
+                 shrinkage: float = 0.0, embeddings_cache: str | None = None) -> Subspace:
+    """Stream the texts through the model, fit on the training split, report held-out accuracy.
+
+    ``embeddings_cache``: a file that keeps the embeddings (``[N, D]`` float32, all in memory) so
+    that refitting (another shrinkage, split or seed) does not run the model again; it is keyed by
+    the model name and a hash of the texts and ignored when they differ."""
     from tqdm.auto import tqdm
 
     if not 0 <= holdout < 1:
@@ -300,11 +312,18 @@ def fit_subspace(model, tokenizer, data: Labelled, *, model_name: str = "model",
     d = model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.n_embd
     acc = MomentAccumulator(d)
     held_h, held_y = [], []
+    cached = _load_embedding_cache(embeddings_cache, data, model_name) if embeddings_cache else None
+    store = [] if (embeddings_cache and cached is None) else None
     order = [(i, True) for i in train] + [(i, False) for i in test]
-    bar = tqdm(total=len(order), desc="fit-sasa: embedding", unit="text", disable=not progress)
+    bar = tqdm(total=len(order), desc="fit-sasa: embedding", unit="text", disable=not progress or cached is not None)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        h = embed(model, tokenizer, [data.texts[i] for i, _ in chunk], max_length=max_length).float().cpu()
+        if cached is not None:
+            h = cached[[i for i, _ in chunk]]
+        else:
+            h = embed(model, tokenizer, [data.texts[i] for i, _ in chunk], max_length=max_length).float().cpu()
+            if store is not None:
+                store.append((torch.tensor([i for i, _ in chunk]), h))
         tr = torch.tensor([t for _, t in chunk])
         ys = [data.labels[i] for i, _ in chunk]
         if tr.any():
@@ -314,7 +333,9 @@ def fit_subspace(model, tokenizer, data: Labelled, *, model_name: str = "model",
             held_y += [y for y, t in zip(ys, tr.tolist()) if not t]
         bar.update(len(chunk))
     bar.close()
-    w, m, info = acc.solve()
+    if store:
+        _save_embedding_cache(embeddings_cache, data, model_name, store)
+    w, m, info = acc.solve(shrinkage=shrinkage)
     sub = Subspace(w.float(), m.float(), model_name, info=info)
     if held_h:
         hh = torch.cat(held_h)
@@ -325,6 +346,36 @@ def fit_subspace(model, tokenizer, data: Labelled, *, model_name: str = "model",
                     heldout_nontoxic_recall=float((~pred_toxic[~yy]).float().mean()) if (~yy).any() else None)
     info.update(holdout=holdout, seed=seed, sources=data.sources)
     return sub
+
+
+def _texts_key(data: Labelled, model_name: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256(str(model_name).encode())
+    for t, y in zip(data.texts, data.labels):
+        h.update(f"{y}\t{t}\n".encode())
+    return h.hexdigest()
+
+
+def _load_embedding_cache(path: str, data: Labelled, model_name: str):
+    if not os.path.exists(path):
+        return None
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if obj.get("key") != _texts_key(data, model_name) or obj["h"].shape[0] != len(data.texts):
+        print(f"fit-sasa: {path} holds embeddings of other texts or another model; recomputing", file=sys.stderr)
+        return None
+    print(f"fit-sasa: using the cached embeddings in {path}", file=sys.stderr)
+    return obj["h"]
+
+
+def _save_embedding_cache(path: str, data: Labelled, model_name: str, store) -> None:
+    idx = torch.cat([i for i, _ in store])
+    h = torch.cat([x for _, x in store])
+    full = torch.empty(len(data.texts), h.shape[1], dtype=torch.float32)
+    full[idx] = h
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    torch.save({"key": _texts_key(data, model_name), "h": full}, path + ".tmp")
+    os.replace(path + ".tmp", path)
 
 
 def default_subspace_path(model_name: str) -> str:
