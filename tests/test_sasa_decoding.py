@@ -33,9 +33,14 @@ def tiny(tmp_path_factory):
     d = tiny_llama_dir(str(tmp_path_factory.mktemp("sasa") / "llama"), 0)
     tok = tiny_tokenizer()
     llama = AutoModelForCausalLM.from_pretrained(d).eval()
+    assert llama.config._attn_implementation == "sdpa"
+    eager = AutoModelForCausalLM.from_pretrained(d, attn_implementation="eager").eval()
+    gpt2_eager = _gpt2(len(tok))
+    gpt2_eager.set_attn_implementation("eager")
     g = torch.Generator().manual_seed(1)
     w = torch.randn(32, generator=g)
-    return {"dir": d, "tok": tok, "llama": llama, "gpt2": _gpt2(len(tok)), "w": w / w.norm(),
+    return {"dir": d, "tok": tok, "llama": llama, "gpt2": _gpt2(len(tok)), "llama-eager": eager,
+            "gpt2-eager": gpt2_eager, "w": w / w.norm(),
             "m": torch.randn(32, generator=g) * 0.1}
 
 
@@ -64,7 +69,7 @@ def test_beta_zero_is_plain_sampling(tiny, kind, outside):
         assert dec.fallback_steps > 0  # the tiny random models have flat distributions: > K tokens in the nucleus
 
 
-@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "llama-eager", "gpt2-eager"])
 def test_candidate_forward_equals_k_copies(tiny, kind):
     """The one B x K forward with the 4D mask gives every candidate the hidden state of prefix + candidate."""
     model, enc = tiny[kind], _enc(tiny["tok"])
