@@ -33,9 +33,14 @@ def tiny(tmp_path_factory):
     d = tiny_llama_dir(str(tmp_path_factory.mktemp("sasa") / "llama"), 0)
     tok = tiny_tokenizer()
     llama = AutoModelForCausalLM.from_pretrained(d).eval()
+    assert llama.config._attn_implementation == "sdpa"
+    eager = AutoModelForCausalLM.from_pretrained(d, attn_implementation="eager").eval()
+    gpt2_eager = _gpt2(len(tok))
+    gpt2_eager.set_attn_implementation("eager")
     g = torch.Generator().manual_seed(1)
     w = torch.randn(32, generator=g)
-    return {"dir": d, "tok": tok, "llama": llama, "gpt2": _gpt2(len(tok)), "w": w / w.norm(),
+    return {"dir": d, "tok": tok, "llama": llama, "gpt2": _gpt2(len(tok)), "llama-eager": eager,
+            "gpt2-eager": gpt2_eager, "w": w / w.norm(),
             "m": torch.randn(32, generator=g) * 0.1}
 
 
@@ -64,7 +69,7 @@ def test_beta_zero_is_plain_sampling(tiny, kind, outside):
         assert dec.fallback_steps > 0  # the tiny random models have flat distributions: > K tokens in the nucleus
 
 
-@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "llama-eager", "gpt2-eager"])
 def test_candidate_forward_equals_k_copies(tiny, kind):
     """The one B x K forward with the 4D mask gives every candidate the hidden state of prefix + candidate."""
     model, enc = tiny[kind], _enc(tiny["tok"])
@@ -164,3 +169,28 @@ def test_embedded_smollm2_sasa():
                                                      pad_token_id=tok.pad_token_id, return_margins=True)
         m[beta] = mg.nanmean().item()
     assert m[50.0] > m[0.0]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_decoding_matches_generate_and_one_at_a_time(tiny):
+    """On the GPU (CUDA kernel of the op, CUDA RNG): beta = 0 is generate()'s sampling, and the
+    batched greedy path equals the one-at-a-time form."""
+    import copy
+
+    model = copy.deepcopy(tiny["llama"]).cuda()
+    enc = {k: v.cuda() for k, v in _enc(tiny["tok"]).items()}
+    w, m = tiny["w"].cuda(), tiny["m"].cuda()
+    dec = SASADecoder(model, w, m, beta=0.0, max_candidates=8)
+    torch.manual_seed(0)
+    ref = model.generate(**enc, do_sample=True, top_p=0.9, top_k=0, max_new_tokens=8, num_return_sequences=2,
+                         pad_token_id=0)
+    torch.manual_seed(0)
+    got = dec.generate(enc["input_ids"], enc["attention_mask"], top_p=0.9, max_new_tokens=8, num_return_sequences=2,
+                       pad_token_id=0)
+    assert torch.equal(ref, got[:, :ref.shape[1]])
+    dec = SASADecoder(model, w, m, beta=6.0, max_candidates=8, outside="mask")
+    batched = dec.generate(enc["input_ids"], enc["attention_mask"], do_sample=False, max_new_tokens=8, pad_token_id=0)
+    one = sasa_generate_one_at_a_time(model, enc["input_ids"], enc["attention_mask"], w, m, beta=6.0, max_candidates=8,
+                                      do_sample=False, max_new_tokens=8, pad_token_id=0)
+    assert torch.equal(batched[:, enc["input_ids"].shape[1]:].cpu(), one)

@@ -24,8 +24,10 @@ extra single-token forward for the batch, which costs a host synchronisation per
 path.
 
 Supported: decoder-only HuggingFace models whose logits are ``lm_head(last_hidden_state)`` and
-whose attention honours a custom 4D mask with a ``DynamicCache`` (Llama family incl. SmolLM2,
-GPT-2, Qwen2, Mistral, ...; eager and sdpa attention). :func:`sasa_generate_one_at_a_time` is the
+whose attention honours a custom 4D mask with a ``DynamicCache``: tested on the Llama family
+(SmolLM2) and GPT-2 with eager and sdpa attention; other decoder-only models built the same way
+(Qwen2, Mistral without a sliding window) should work but are untested. Flash-attention kernels
+ignore 4D masks and are not supported. :func:`sasa_generate_one_at_a_time` is the
 public implementation's form (one sequence at a time, K copies of the cache), kept for tests and
 benchmarks.
 """
