@@ -8,7 +8,7 @@ namespace detox {
 namespace cuda {
 namespace {
 
-constexpr int kThreads = 512;  // 16 warps: up to 16 candidates of a row at once
+constexpr int kThreads = 256;
 constexpr int64_t kMaxGrid = 2147483647;
 
 template <typename T, typename H>

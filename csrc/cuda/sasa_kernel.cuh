@@ -1,8 +1,7 @@
 // SASA re-weighting CUDA kernel, header-only and free of torch headers. Semantics (the kernel
 // contract): detox_kernels/reference/sasa.py. One CTA per row:
-//   1. margins: one warp per candidate (strided over K), lanes strided over D with four
-//      partial sums each, float32 accumulation and a warp-shuffle sum; written to `margins`
-//      and to shared memory;
+//   1. margins: one warp per candidate (strided over K), lanes strided over D, float32
+//      accumulation and a warp-shuffle sum; written to `margins` and to shared memory;
 //   2. warp 0: the NaN-propagating max and (softmax) the sum of exp over the candidates that
 //      take part;
 //   3. weights in shared memory, then one thread per candidate: the first occurrence of an id
@@ -28,7 +27,7 @@ __device__ __forceinline__ float nan_max(float a, float b) {
 }
 
 template <typename T, typename H>
-__global__ void __launch_bounds__(512) sasa_reweight_kernel(T* __restrict__ logits, const int64_t* __restrict__ ids,
+__global__ void __launch_bounds__(256) sasa_reweight_kernel(T* __restrict__ logits, const int64_t* __restrict__ ids,
                                                             const H* __restrict__ hidden,
                                                             const float* __restrict__ direction,
                                                             const float* __restrict__ midpoint,
@@ -46,18 +45,8 @@ __global__ void __launch_bounds__(512) sasa_reweight_kernel(T* __restrict__ logi
   // 1. margins
   for (int64_t k = warp; k < K; k += nwarps) {
     const H* h = hidden + row * p.hidden_stride_b + k * p.hidden_stride_k;
-    // four independent partial sums, so that four loads per lane are in flight (the row is
-    // latency-bound: one CTA per row, one warp per candidate)
-    float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
-    int64_t j = lane;
-    for (; j + 96 < D; j += 128) {
-      a0 += (to_float(h[j]) - midpoint[j]) * direction[j];
-      a1 += (to_float(h[j + 32]) - midpoint[j + 32]) * direction[j + 32];
-      a2 += (to_float(h[j + 64]) - midpoint[j + 64]) * direction[j + 64];
-      a3 += (to_float(h[j + 96]) - midpoint[j + 96]) * direction[j + 96];
-    }
-    for (; j < D; j += 32) a0 += (to_float(h[j]) - midpoint[j]) * direction[j];
-    float acc = (a0 + a1) + (a2 + a3);
+    float acc = 0.f;
+    for (int64_t j = lane; j < D; j += 32) acc += (to_float(h[j]) - midpoint[j]) * direction[j];
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(kFull, acc, o);
     if (lane == 0) {
