@@ -218,6 +218,9 @@ def train_cmd(data, model, out_dir: str, cfg: CMDTrainConfig | None = None, *, p
     cfg = cfg or CMDTrainConfig()
     rows = data if isinstance(data, list) else load_cmd_data(data)
     m, tok = model if isinstance(model, tuple) else load_causal_lm(model)
+    from transformers import set_seed
+
+    set_seed(cfg.seed)  # the LoRA initialisation too: a resumed or repeated run starts from the same weights
     if cfg.lora:
         m = _lora(m, cfg)
     os.makedirs(out_dir, exist_ok=True)
