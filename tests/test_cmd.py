@@ -281,3 +281,34 @@ def test_training_resumes_from_a_checkpoint(cmd_run, tmp_path):
     assert any(not torch.equal(a[k], base[k]) for k in a)
     for k in a:
         torch.testing.assert_close(a[k], b[k], msg=k, atol=1e-5, rtol=1e-4)
+
+
+def test_cli_generate_cmd_writes_the_chain_and_the_generation(cmd_run, tmp_path, capsys):
+    from detox.cli import main
+
+    out = tmp_path / "gen.jsonl"
+    assert main(["generate", "--method", "cmd", "--model", cmd_run["out"], "--prompt", PROMPTS[0], "--num-samples",
+                 "2", "--max-new-tokens", "6", "--cmd-chain-tokens", "60", "--out", str(out)]) == 0
+    rows = [json.loads(l) for l in open(out)]
+    assert len(rows) == 2
+    for r in rows:
+        assert r["chain"].startswith(C.inference_prefix(PROMPTS[0])) and C.GENERATION in r["chain"]
+        assert r["continuation"].strip() == C.parse_chain(r["chain"]).generation
+        assert r["settings"]["method_config"]["cmd_chain_tokens"] == 60
+
+
+def test_cli_help_and_bad_data(tmp_path, capsys):
+    from detox.cli import main
+
+    for sub in ("cmd-synthesize", "cmd-train"):
+        with pytest.raises(SystemExit) as e:
+            main([sub, "--help"])
+        assert e.value.code == 0
+    assert "--contrastive-weight" in capsys.readouterr().out
+    from detox.cmd.trainer import load_cmd_data
+
+    with pytest.raises(FileNotFoundError, match="cmd-synthesize"):
+        load_cmd_data(str(tmp_path))
+    (tmp_path / "train.jsonl").write_text('{"text": "hello", "positive": "x"}\n')
+    with pytest.raises(ValueError, match="not a CMD chain"):
+        load_cmd_data(str(tmp_path))
