@@ -229,13 +229,13 @@ def test_training_logs_both_losses_and_lowers_the_lm_loss(cmd_run):
     assert os.path.exists(os.path.join(cmd_run["out"], "model.safetensors"))
 
 
-def test_the_trained_model_writes_a_chain_and_the_harness_scores_only_the_generation(cmd_run):
+@pytest.mark.parametrize("guided", [False, True])
+def test_the_trained_model_writes_a_chain(cmd_run, guided):
     from detox.generation.driver import Generator, MethodConfig
-    from detox.harness import EvalConfig, run_eval
     from detox.models import load_causal_lm
 
     model = load_causal_lm(cmd_run["out"])
-    gen = Generator("cmd", model=model, config=MethodConfig(cmd_chain_tokens=60))
+    gen = Generator("cmd", model=model, config=MethodConfig(cmd_chain_tokens=60, cmd_guided=guided))
     res = gen.generate_batch(PROMPTS[:3], num_samples=2, max_new_tokens=8, seed=0)
     assert gen.chain_stats.rows == 6 and gen.chain_stats.reached_generation >= 4
     for i in range(3):
@@ -245,6 +245,18 @@ def test_the_trained_model_writes_a_chain_and_the_harness_scores_only_the_genera
             assert chain.startswith(C.inference_prefix(PROMPTS[i]))
             assert p.generation == res[i][j].strip()
             assert C.GENERATION not in res[i][j] and C.MARKER not in res[i][j]
+            if guided:  # every step is there, the generation has no "#" and is full length
+                assert p.complete and p.toxic is not None and (p.masked is not None) == p.toxic
+                assert "#" not in res[i][j]
+                assert len(model[1](res[i][j])["input_ids"]) >= 6
+
+
+def test_the_harness_scores_only_the_generation(cmd_run):
+    from detox.generation.driver import MethodConfig
+    from detox.harness import EvalConfig, run_eval
+    from detox.models import load_causal_lm
+
+    model = load_causal_lm(cmd_run["out"])
     out = cmd_run["root"] / "eval"
     cfg = EvalConfig(methods=["cmd"], model=cmd_run["out"], prompts=None, num_samples=2, max_new_tokens=8,
                      method_config=MethodConfig(cmd_chain_tokens=60))
