@@ -13,8 +13,9 @@ Only samples with at least one negative enter the contrastive loss (the loss of 
 one is exactly 0), so anchors are sampled and negatives run only for them. With
 ``contrastive_weight = 0`` (the ablation) none of this runs.
 
-Being a ``Trainer`` subclass (``compute_loss``), the same code runs on one CPU or under
-``accelerate launch`` / ``torchrun`` on many GPUs. LoRA through ``peft`` (r 8, alpha 16, dropout
+Being a ``Trainer`` subclass (``compute_loss``), the same code is meant to run under
+``accelerate launch`` / ``torchrun`` on many GPUs (only single-process CPU runs have been tried; the
+step makes three forward passes before one backward, which DDP has not been checked with). LoRA through ``peft`` (r 8, alpha 16, dropout
 0.05 on the attention projections) or full fine-tuning; lr 5e-4 cosine, warmup 3 %.
 
 Output directory:
