@@ -45,6 +45,11 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-candidates", type=int, default=50, help="SASA: candidates K per step (default: 50)")
     g.add_argument("--sasa-outside", default="keep", choices=["keep", "mask"],
                    help="SASA: tokens outside the K candidates keep their score (default) or are masked")
+    g.add_argument("--cmd-chain-tokens", type=int, default=96,
+                   help="CMD: most tokens the model may write for its chain before \"# Generation:\" (default: 96)")
+    g.add_argument("--cmd-free-chain", action="store_true",
+                   help="CMD: the model writes the whole chain unguided (default: the driver writes the step "
+                        "headers, the model each step)")
 
 
 def _method_config(args):
@@ -58,7 +63,8 @@ def _method_config(args):
                         reversal_neg_prefix=args.neg_prefix, reversal_pos_prefix=args.pos_prefix,
                         sasa_subspace=args.subspace, sasa_beta=args.beta,
                         sasa_mode=args.sasa_mode, sasa_max_candidates=args.max_candidates,
-                        sasa_outside=args.sasa_outside)
+                        sasa_outside=args.sasa_outside,
+                        cmd_chain_tokens=args.cmd_chain_tokens, cmd_guided=not args.cmd_free_chain)
 
 
 def cmd_generate(args) -> int:
@@ -92,9 +98,11 @@ def cmd_generate(args) -> int:
             res = gen.generate_batch(chunk, num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
                                      top_p=args.top_p, temperature=args.temperature, do_sample=not args.greedy,
                                      seed=batch_seed(args.seed, bi))
+            chains = getattr(gen, "last_chains", None) if args.method == "cmd" else None
             for i, (p, conts) in enumerate(zip(chunk, res)):
                 for j, c in enumerate(conts):
                     out.write(json.dumps({"prompt_index": start + i, "prompt": p, "sample": j, "continuation": c,
+                                          **({"chain": chains[i][j]} if chains else {}),
                                           "method": args.method, "settings": settings}, ensure_ascii=False) + "\n")
             out.flush()
     finally:
@@ -198,7 +206,7 @@ def cmd_demo(args) -> int:
 
 def _add_eval_options(p, *, limit, num_samples, seeds, out, batch_size=8):
     p.add_argument("--methods", default="none,socd,cd,dexperts",
-                   help="comma-separated methods: none, socd, cd, dexperts, unidetox, reversal, sasa (default: none,socd,cd,dexperts)")
+                   help="comma-separated methods: none, socd, cd, dexperts, unidetox, reversal, sasa, cmd (default: none,socd,cd,dexperts)")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"base model (default: {DEFAULT_MODEL})")
     p.add_argument("--toxic-model", default=None, help=f"toxic model (default: {DEFAULT_TOXIC}, made on first use)")
     p.add_argument("--prompts", default=None,
@@ -238,8 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate continuations with a detoxification method",
                        description="Generate continuations of prompts with plain sampling or a detoxification "
                                    "method; writes one JSON object per continuation.")
-    g.add_argument("--method", default="socd", choices=["none", "socd", "cd", "dexperts", "unidetox", "reversal", "sasa"],
-                   help="decoding method (default: socd)")
+    g.add_argument("--method", default="socd", choices=["none", "socd", "cd", "dexperts", "unidetox", "reversal", "sasa", "cmd"],
+                   help="decoding method (default: socd; cmd: a CMD-trained --model writes its chain)")
     g.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"base model: HuggingFace id, local directory, or an embedded name (default: {DEFAULT_MODEL})")
     g.add_argument("--toxic-model", default=None,
@@ -324,6 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_options(d, limit=32, num_samples=4, seeds="0", out="detox-demo", batch_size=16)
     d.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     d.set_defaults(func=cmd_demo)
+
+    from .cmd.cli import add_parsers as add_cmd_parsers
+
+    add_cmd_parsers(sub)
     return parser
 
 

@@ -126,7 +126,9 @@ def generate_cached(gen: Generator, cfg: EvalConfig, prompts: list[str], seed: i
             chunk = prompts[s:s + bs]
             res = gen.generate_batch(chunk, num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens,
                                      top_p=cfg.top_p, temperature=cfg.temperature, seed=batch_seed(seed, bi))
-            lines = "".join(json.dumps({"prompt_index": s + i, "continuations": c}, ensure_ascii=False) + "\n"
+            chains = getattr(gen, "last_chains", None) if gen.method == "cmd" else None  # CMD: keep the chains
+            lines = "".join(json.dumps({"prompt_index": s + i, "continuations": c,
+                                        **({"chains": chains[i]} if chains else {})}, ensure_ascii=False) + "\n"
                             for i, c in enumerate(res))
             f.write(lines)
             f.flush()

@@ -22,7 +22,7 @@ from .processors import (
     UniDetoxLogitsProcessor,
 )
 
-METHODS = ("none", "socd", "cd", "dexperts", "unidetox", "reversal", "sasa")
+METHODS = ("none", "socd", "cd", "dexperts", "unidetox", "reversal", "sasa", "cmd")
 NEEDS_TOXIC = {"socd", "cd", "dexperts", "unidetox"}
 
 
@@ -51,6 +51,8 @@ class MethodConfig:
     sasa_mode: str = "softmax"
     sasa_max_candidates: int = 50
     sasa_outside: str = "keep"
+    cmd_chain_tokens: int = 96  # CMD: most tokens of the chain before "# Generation:"
+    cmd_guided: bool = True  # CMD: the driver writes the step headers, the model each step (cmd/inference.py)
     extra: dict = field(default_factory=dict)
 
 
@@ -131,6 +133,13 @@ class Generator:
     def generate_batch(self, prompts: list[str], *, num_samples=1, max_new_tokens=20, top_p=0.9, temperature=1.0,
                        do_sample=True, seed=0) -> list[list[str]]:
         """Continuations for one batch of prompts: ``result[i][j]`` is sample j of prompt i."""
+        if self.method == "cmd":  # the model writes its chain; only the generation part comes back
+            from ..cmd.inference import generate_chain_batch, generate_guided_chain_batch
+
+            run = generate_guided_chain_batch if self.config.cmd_guided else generate_chain_batch
+            return run(self, prompts, num_samples=num_samples, max_new_tokens=max_new_tokens,
+                                        top_p=top_p, temperature=temperature, do_sample=do_sample, seed=seed,
+                                        chain_tokens=self.config.cmd_chain_tokens)
         self.validate(prompts, max_new_tokens)
         tok = self.tokenizer
         enc = tok(prompts, return_tensors="pt", padding=True)
@@ -160,7 +169,10 @@ class Generator:
         if self.toxic is not None:
             s["toxic_model"] = self.toxic_name
         if self.method != "none":
-            s["method_config"] = {k: v for k, v in asdict(self.config).items() if v is not None and k != "extra"}
+            # only this method's own fields, so that adding another method's settings keeps the cache keys
+            own = {m: f"{m}_" for m in ("reversal", "sasa", "cmd")}
+            s["method_config"] = {k: v for k, v in asdict(self.config).items() if v is not None and k != "extra"
+                                  and not any(k.startswith(p) for m, p in own.items() if m != self.method)}
         if self.reversal is not None:
             s["reversal"] = self.reversal.settings()
         return s

@@ -1,0 +1,154 @@
+"""CMD inference: the trained model writes its chain, the caller gets only the generation part.
+
+Two ``generate`` calls per batch, no per-token host work: (1) from ``# Text: {prompt} # Let's
+detoxify step by step.`` the model writes the chain up to ``# Generation:`` (a stop string; at most
+``chain_tokens`` tokens); (2) from the prompt and that chain it writes the continuation
+(``max_new_tokens``, as for every other method), cut at the chain's closing `` #``. A chain that
+never reached ``# Generation:`` within the budget gets the step appended, so every row still has a
+continuation of the same length budget; :attr:`ChainStats` counts those.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import chain as C
+
+
+@dataclass
+class ChainStats:
+    rows: int = 0
+    reached_generation: int = 0   # the model itself wrote "# Generation:"
+    said_toxic: int = 0
+    said_non_toxic: int = 0
+    closed: int = 0               # the generation step was closed with " #"
+
+
+def _cut_chain(text: str) -> tuple[str, bool]:
+    i = text.find(C.GENERATION)
+    if i >= 0:
+        return text[:i + len(C.GENERATION)], True
+    return f"{text.rstrip()} {C.GENERATION}", False
+
+
+@torch.inference_mode()
+def generate_chain_batch(gen, prompts: list[str], *, num_samples=1, max_new_tokens=20, top_p=0.9, temperature=1.0,
+                         do_sample=True, seed=0, chain_tokens: int = 96) -> list[list[str]]:
+    """``result[i][j]``: the generation part of sample j of prompt i; the full chains are kept in
+    ``gen.last_chains`` (same layout) and counts in ``gen.chain_stats``."""
+    tok, model = gen.tokenizer, gen.model
+    gen.validate(prompts, max_new_tokens + chain_tokens)
+    kw = dict(do_sample=do_sample, pad_token_id=tok.pad_token_id)
+    if do_sample:
+        kw.update(top_p=top_p, temperature=temperature, top_k=0)
+    prefixes = [C.inference_prefix(p) for p in prompts]
+    enc = tok(prefixes, return_tensors="pt", padding=True, padding_side="left")
+    ids, mask = enc["input_ids"].to(gen.device), enc["attention_mask"].to(gen.device)
+    torch.manual_seed(seed)
+    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=chain_tokens,
+                         num_return_sequences=num_samples, stop_strings=[C.GENERATION], tokenizer=tok, **kw)
+    chains = tok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+    cut = [_cut_chain(c) for c in chains]
+    rows = [prefixes[i // num_samples] + " " + c.strip() for i, (c, _) in enumerate(cut)]
+    enc2 = tok(rows, return_tensors="pt", padding=True, padding_side="left")
+    ids2, mask2 = enc2["input_ids"].to(gen.device), enc2["attention_mask"].to(gen.device)
+    out2 = model.generate(input_ids=ids2, attention_mask=mask2, max_new_tokens=max_new_tokens, **kw)
+    conts = tok.batch_decode(out2[:, ids2.shape[1]:], skip_special_tokens=True)
+    gens, full = [], []
+    st = getattr(gen, "chain_stats", None) or ChainStats()
+    for (c, reached), g, r in zip(cut, conts, rows):
+        end = g.find(" #")
+        closed = end >= 0
+        g = g[:end] if closed else g
+        gens.append(g.strip() if closed else g)
+        full.append(r + " " + g.strip() + (" #" if closed else ""))
+        p = C.parse_chain(c)
+        st.rows += 1
+        st.reached_generation += reached
+        st.said_toxic += p.toxic is True
+        st.said_non_toxic += p.toxic is False
+        st.closed += closed
+    gen.chain_stats = st
+    n = num_samples
+    gen.last_chains = [full[i * n:(i + 1) * n] for i in range(len(prompts))]
+    return [gens[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+
+def _phrase_logprob(model, tok, contexts: list[str], phrase: str, device) -> torch.Tensor:
+    """Sum of log p(phrase tokens | context) per context (one batched forward, right-padded)."""
+    texts = [f"{c} {phrase}" for c in contexts]
+    enc = tok(texts, return_tensors="pt", padding=True, padding_side="right", return_offsets_mapping=True)
+    off = enc.pop("offset_mapping")
+    start = torch.tensor([len(c) for c in contexts]).unsqueeze(1)
+    in_phrase = (off[..., 0] >= start) & (off[..., 1] > off[..., 0]) & enc["attention_mask"].bool()
+    ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1)
+    tok_lp = logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return (tok_lp * in_phrase[:, 1:].to(device)).sum(-1)
+
+
+def _hash_token_ids(gen) -> list[int]:
+    ids = getattr(gen, "_cmd_hash_ids", None)
+    if ids is None:
+        toks = gen.tokenizer.convert_ids_to_tokens(list(range(len(gen.tokenizer))))
+        ids = gen._cmd_hash_ids = [i for i, t in enumerate(toks) if t and "#" in t]
+    return ids
+
+
+@torch.inference_mode()
+def generate_guided_chain_batch(gen, prompts: list[str], *, num_samples=1, max_new_tokens=20, top_p=0.9,
+                                temperature=1.0, do_sample=True, seed=0, chain_tokens: int = 96) -> list[list[str]]:
+    """Guided chain: the step headers of the chain are written by the driver, the model writes each step.
+
+    The model decides "toxic" / "not toxic" (the likelier of the two step texts), then writes the
+    masked prompt and the detoxified prompt (each up to its first "#"), then the generation:
+    ``max_new_tokens`` tokens in which "#" tokens are suppressed, so that, as with every other method,
+    the scored continuation is a full-length sample (the driver closes the chain with " #").
+    Same outputs as :func:`generate_chain_batch`.
+    """
+    tok, model, dev = gen.tokenizer, gen.model, gen.device
+    gen.validate(prompts, max_new_tokens + chain_tokens)
+    kw = dict(do_sample=do_sample, pad_token_id=tok.pad_token_id)
+    if do_sample:
+        kw.update(top_p=top_p, temperature=temperature, top_k=0)
+
+    def run(texts, n_new, stop=True, suppress=None):
+        enc = tok(texts, return_tensors="pt", padding=True, padding_side="left")
+        ids = enc["input_ids"].to(dev)
+        extra = dict(stop_strings=["#"], tokenizer=tok) if stop else {}
+        out = model.generate(input_ids=ids, attention_mask=enc["attention_mask"].to(dev), max_new_tokens=n_new,
+                             suppress_tokens=suppress, **extra, **kw)
+        return [t.split("#", 1)[0].strip() if stop else t
+                for t in tok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)]
+
+    prefixes = [C.inference_prefix(p) for p in prompts]
+    toxic_p = (_phrase_logprob(model, tok, prefixes, C.TOXIC, dev)
+               > _phrase_logprob(model, tok, prefixes, C.NON_TOXIC, dev)).tolist()
+    n = num_samples
+    rows = [prefixes[i // n] for i in range(len(prompts) * n)]
+    toxic = [toxic_p[i // n] for i in range(len(rows))]
+    torch.manual_seed(seed)
+    ctx = [f"{r} {C.TOXIC if t else C.NON_TOXIC}" for r, t in zip(rows, toxic)]
+    tix = [i for i, t in enumerate(toxic) if t]
+    if tix:
+        budget = max(4, min(chain_tokens // 2, max(len(tok(prompts[i // n])["input_ids"]) for i in tix) + 8))
+        sub = [f"{ctx[i]} {C.DETECT}" for i in tix]
+        masked = run(sub, budget)
+        sub = [f"{s} {m} {C.DETOXIFY}" for s, m in zip(sub, masked)]
+        filled = run(sub, budget)
+        for i, s, f in zip(tix, sub, filled):
+            ctx[i] = f"{s} {f}"
+    ctx = [f"{c} {C.GENERATION}" for c in ctx]
+    conts = run(ctx, max_new_tokens, stop=False, suppress=_hash_token_ids(gen))
+    st = getattr(gen, "chain_stats", None) or ChainStats()
+    st.rows += len(rows)
+    st.reached_generation += len(rows)
+    st.said_toxic += sum(toxic)
+    st.said_non_toxic += len(rows) - sum(toxic)
+    st.closed += len(rows)
+    gen.chain_stats = st
+    full = [f"{c} {g.strip()}{C.END}" for c, g in zip(ctx, conts)]
+    gen.last_chains = [full[i * n:(i + 1) * n] for i in range(len(prompts))]
+    return [conts[i * n:(i + 1) * n] for i in range(len(prompts))]
