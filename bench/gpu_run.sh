@@ -10,7 +10,7 @@ export PYTHONUNBUFFERED=1
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
-  git rev-parse HEAD 2>/dev/null || true
+  echo "commit ${DETOX_COMMIT:-$(git rev-parse HEAD 2>/dev/null)}"
 } 2>&1 | tee "$OUT/env.txt"
 t0=$(date +%s)
 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} \
@@ -23,6 +23,38 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
   for s in ${GPU_BENCH:-socd}; do
-    python3 bench/bench_$s.py --device cuda --out "$OUT/$s-cuda.json" 2>&1 | tee "$OUT/bench-$s.log" | tail -n 40
+    python3 bench/bench_$s.py --device cuda ${BENCH_ARGS:-} --out "$OUT/$s-cuda.json" 2>&1 | tee "$OUT/bench-$s.log" | tail -n 40
   done
+fi
+if [ "$what" = profile ]; then
+  ncu -k regex:socd --section SpeedOfLight --section WarpStateStats --section MemoryWorkloadAnalysis \
+      --section LaunchStats --section Occupancy python3 bench/profile_socd.py ${PROFILE_SIZES:-64x151936 1x151936} \
+      >"$OUT/ncu.txt" 2>&1
+  DETOX_SOCD_CLUSTER=0 ncu -k regex:socd --section SpeedOfLight --section WarpStateStats \
+      python3 bench/profile_socd.py 64x151936 >"$OUT/ncu-single.txt" 2>&1
+  grep -E "socd|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\)|Stall|Warp Cycles|Registers|Achieved Occ|Block Size|Grid Size|Dynamic Shared" "$OUT/ncu.txt" "$OUT/ncu-single.txt" | head -120
+fi
+if [ "$what" = source ]; then
+  # Warp-stall samples per source line of the SoCD kernel (needs -lineinfo, which setup.py passes).
+  for spec in ${PROFILE_SIZES:-1x151936 64x151936}; do
+    ncu -k regex:socd --set full --import-source yes -f -o "$OUT/socd-$spec" python3 bench/profile_socd.py $spec >/dev/null 2>&1
+    ncu -i "$OUT/socd-$spec.ncu-rep" --page source --csv --print-source cuda >"$OUT/src-$spec.csv" 2>&1
+    python3 - "$OUT/src-$spec.csv" <<'PY'
+import csv, sys
+rows = list(csv.reader(open(sys.argv[1], errors="replace")))
+print(sys.argv[1], len(rows), "rows; header:", rows[0][:12] if rows else None)
+hdr = rows[0] if rows else []
+col = next((i for i, h in enumerate(hdr) if "Warp Stall Sampling (All" in h), None)
+if col is None:
+    print("\n".join(",".join(r[:8]) for r in rows[:15])); sys.exit()
+def num(s):
+    try: return float(s.replace(",", ""))
+    except ValueError: return 0.0
+tot = sum(num(r[col]) for r in rows[1:] if len(r) > col)
+top = sorted((r for r in rows[1:] if len(r) > col), key=lambda r: -num(r[col]))[:30]
+for r in top:
+    print(f"{num(r[col]) / max(tot, 1):6.1%}  {r[0][:6]:>6}  {r[1].strip()[:110]}")
+PY
+  done
+  rm -f "$OUT"/*.ncu-rep
 fi

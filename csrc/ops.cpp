@@ -17,4 +17,11 @@ TORCH_LIBRARY(detox, m) {
   m.def(
       "reverse_toxification_(Tensor(a!) head_out, Tensor delta, Tensor neg_end, float norm_exp, "
       "float sim_exp, bool renorm) -> ()");
+  // SASA re-weighting (../shared/specs/sasa.md §2-3; contract in detox_kernels/reference/sasa.py):
+  // margins = (hidden - midpoint) . direction into `margins` [B, K] f32, then, in place,
+  // logits[b, ids[b, k]] += beta[b] * weight[b, k] (mode 0 softmax over the valid candidates,
+  // 1 tilt = the margin itself).
+  m.def(
+      "sasa_reweight(Tensor(a!) logits, Tensor ids, Tensor hidden, Tensor direction, Tensor midpoint, "
+      "Tensor beta, Tensor? valid, Tensor(b!) margins, int weighting) -> ()");
 }

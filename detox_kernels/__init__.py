@@ -6,8 +6,9 @@ shape; ``DETOX_BACKEND`` forces one. ``python -m detox_kernels.info`` shows what
 
 from . import _ext  # noqa: F401  (loads the compiled ops, or warns once and falls back)
 from .dispatch import BackendUnavailableError
+from .sasa import sasa_reweight
 from .socd import SocdStats, socd
 from .reversal import reverse_toxification_
 
 __version__ = "0.1.0"
-__all__ = ["socd", "SocdStats", "reverse_toxification_", "BackendUnavailableError", "__version__"]
+__all__ = ["socd", "SocdStats", "reverse_toxification_", "sasa_reweight", "BackendUnavailableError", "__version__"]

@@ -13,6 +13,8 @@ import torch
 
 _C = None
 LOAD_ERROR: str | None = None
+# Every op csrc/ops.cpp declares; an extension built from older sources lacks some of them.
+OPS = ("socd", "reverse_toxification_", "sasa_reweight")
 
 
 def _torch_release(version: str) -> str:
@@ -31,6 +33,13 @@ def _load():
         LOAD_ERROR = (
             f"detox_kernels._C was built for torch {built} but torch {torch.__version__} is "
             "installed; rebuild with `pip install --no-build-isolation .`"
+        )
+        return
+    missing = [op for op in OPS if not hasattr(torch.ops.detox, op)]
+    if missing:
+        LOAD_ERROR = (
+            f"detox_kernels._C is out of date (built from older sources, it lacks detox::{', detox::'.join(missing)}); "
+            "rebuild with `pip install --no-build-isolation -e .`"
         )
         return
     _C = mod

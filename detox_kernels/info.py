@@ -25,6 +25,8 @@ def collect() -> dict:
     for b in socd.BACKENDS:
         why = b.unavailable_reason()
         backends[b.name] = {"available": why is None, "reason": why}
+    sasa = importlib.import_module("detox_kernels.sasa")
+    sasa_backends = {b.name: b.unavailable_reason() is None for b in sasa.BACKENDS}
     return {
         "detox_kernels": __import__("detox_kernels").__version__,
         "python": sys.version.split()[0],
@@ -36,6 +38,7 @@ def collect() -> dict:
         "triton": triton_version,
         "extension": _ext.build_info(),
         "backends": backends,
+        "sasa_backends": sasa_backends,
     }
 
 
@@ -54,6 +57,7 @@ def main() -> None:
     print("backends (priority order):")
     for name, b in info["backends"].items():
         print(f"  {name:<10} {'available' if b['available'] else 'unavailable: ' + b['reason']}")
+    print("sasa_reweight backends: " + ", ".join(f"{n} {'yes' if ok else 'no'}" for n, ok in info["sasa_backends"].items()))
     print("The triton backend takes CUDA tensors, and CPU tensors only under TRITON_INTERPRET=1 when forced.")
 
 

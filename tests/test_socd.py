@@ -315,3 +315,16 @@ def test_negative_zero_key_ties_with_positive_zero(backend):
     # c < 0 here, so every zero key is a candidate: the two largest keys (all zeros) by lowest id
     assert stats.k.item() == 2 and changed == [1] and y[0, 0] == 0  # id 0 has |y| = 0: unchanged value
     check_against_reference(out, stats, x, y, divergence="l2", k_min=2, k_max=2, k_rounding="ceil", subtract="abs")
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="C++ extension not built")
+def test_extension_built_from_older_sources_is_refused(monkeypatch):
+    # An extension that lacks an op declared by the current sources (a stale in-place build) is
+    # not used: its kernels would not match the Python side, and registering fakes would fail.
+    from detox_kernels import _ext
+
+    monkeypatch.setattr(_ext, "OPS", _ext.OPS + ("no_such_op",))
+    monkeypatch.setattr(_ext, "_C", None)
+    monkeypatch.setattr(_ext, "LOAD_ERROR", None)
+    _ext._load()
+    assert _ext._C is None and "out of date" in _ext.LOAD_ERROR and "detox::no_such_op" in _ext.LOAD_ERROR

@@ -110,6 +110,38 @@ fi
 
 echo "== reversal: compile_check_reversal.sh"
 bash "$HERE/compile_check_reversal.sh" || status=1
+echo "== 4. SASA: nvcc sasa_cuda.cu for sm_80, sm_90; sasa_binding.cpp syntax"
+set +e
+"$NVCC" -std=c++17 -O3 -I"$CSRC" -DDETOX_WITH_CUDA --expt-relaxed-constexpr -lineinfo \
+  -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ \
+  -D__CUDA_NO_HALF2_OPERATORS__ -Xcompiler -fPIC \
+  -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 --threads 2 \
+  -Xptxas -v -Xcompiler -Wall,-Wextra -c "$HERE/sasa_cuda.cu" -o "$TMP/sasa_cuda.o" >"$TMP/sasa_nvcc.log" 2>&1
+rc=$?
+set -e
+n_sasa=$(grep -c "Compiling entry function" "$TMP/sasa_nvcc.log" || true)
+if [[ $rc -ne 0 ]]; then
+  echo "FAIL: nvcc sasa_cuda.cu exited with $rc"; cat "$TMP/sasa_nvcc.log"; status=1
+elif grep -qi "warning" "$TMP/sasa_nvcc.log"; then
+  echo "FAIL: compiler warnings in sasa_cuda.cu:"; grep -i -A3 "warning" "$TMP/sasa_nvcc.log"; status=1
+elif grep -Eq "([1-9][0-9]* bytes stack frame|[1-9][0-9]* bytes spill)" "$TMP/sasa_nvcc.log"; then
+  echo "FAIL: a SASA kernel spills registers or uses a stack frame"; grep -E "registers|spill" "$TMP/sasa_nvcc.log"; status=1
+elif [[ "$n_sasa" -ne 18 ]]; then
+  echo "FAIL: expected 18 SASA kernels (3 logits x 3 hidden dtypes x 2 archs), ptxas compiled $n_sasa"; status=1
+else
+  regs=$(grep -o "Used [0-9]* registers" "$TMP/sasa_nvcc.log" | awk '{print $2}' | sort -n | tail -1)
+  echo "   OK ($n_sasa kernels, at most $regs registers, no spills)"
+fi
+if [[ -z "$TORCH_DIR" || ! -f "$TORCH_DIR/include/c10/cuda/CUDAGuard.h" || -z "$CUDA_INC" ]]; then
+  echo "   binding: SKIP (needs an importable torch with c10/cuda headers and the CUDA runtime headers)"
+elif "${CXX:-g++}" -std=c++17 -fsyntax-only -Wall -Wextra -DDETOX_WITH_CUDA -I"$TMP/stub" \
+    -isystem "$TORCH_DIR/include" -isystem "$TORCH_DIR/include/torch/csrc/api/include" \
+    -isystem "$CUDA_INC" -I"$CSRC" "$HERE/sasa_binding.cpp" >"$TMP/sasa_bind.log" 2>&1 && \
+    ! grep -qi "warning" "$TMP/sasa_bind.log"; then
+  echo "   binding: OK"
+else
+  echo "FAIL: sasa_binding.cpp"; cat "$TMP/sasa_bind.log"; status=1
+fi
 
 if [[ $status -eq 0 ]]; then echo "compile_check: OK"; else echo "compile_check: FAILED"; fi
 exit $status

@@ -1,5 +1,11 @@
 """Float64 PyTorch references: the definition every backend is tested against."""
 
+from .sasa import (
+    MODES as SASA_MODES,
+    sasa_margins_reference,
+    sasa_reweight_reference,
+    sasa_weights_reference,
+)
 from .socd import (
     DIVERGENCES,
     socd_alpha_reference,
@@ -10,6 +16,10 @@ from .socd import (
 )
 
 __all__ = [
+    "SASA_MODES",
+    "sasa_margins_reference",
+    "sasa_reweight_reference",
+    "sasa_weights_reference",
     "DIVERGENCES",
     "socd_alpha_reference",
     "socd_divergence_reference",

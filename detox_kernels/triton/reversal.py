@@ -81,7 +81,9 @@ if AVAILABLE:
         if RENORM:
             before = tl.sum(tl.sum(o * o, axis=1), axis=0)
             after = tl.sum(tl.sum(new * new, axis=1), axis=0)
-            ratio = tl.where(after != 0.0, tl.sqrt(before) / tl.sqrt(tl.where(after != 0.0, after, 1.0)), 1.0)
+            # IEEE sqrt and division (tl.sqrt and "/" are approximate on GPUs): |o| / |o'| is exactly 1
+            # when o' == o, so a zero delta leaves the row bit for bit unchanged, as on the other backends.
+            ratio = tl.where(after != 0.0, tl.div_rn(tl.sqrt_rn(before), tl.sqrt_rn(tl.where(after != 0.0, after, 1.0))), 1.0)
             new = new * ratio
         tl.store(orow + off, new.to(o_ptr.dtype.element_ty), mask=msk)
 

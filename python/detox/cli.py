@@ -36,6 +36,15 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     r.add_argument("--neg-prefix", default=None, help="reversal: the negative prefix (default: the paper's)")
     r.add_argument("--pos-prefix", default=None,
                    help="reversal: the positive prefix (default: the paper's; '' for the empty prefix)")
+    g.add_argument("--subspace", default=None,
+                   help="SASA: subspace file from `detox fit-sasa` (default: $DETOX_HOME/sasa/<model>-toxigen.safetensors, "
+                        "else the one shipped for the embedded model)")
+    g.add_argument("--beta", type=float, default=10.0, help="SASA: strength beta (default: 10; 0 = plain sampling)")
+    g.add_argument("--sasa-mode", default="softmax", choices=["softmax", "tilt"],
+                   help="SASA: beta*softmax(margins) (public implementation) or beta*margin (KL-constrained optimum)")
+    g.add_argument("--max-candidates", type=int, default=50, help="SASA: candidates K per step (default: 50)")
+    g.add_argument("--sasa-outside", default="keep", choices=["keep", "mask"],
+                   help="SASA: tokens outside the K candidates keep their score (default) or are masked")
 
 
 def _method_config(args):
@@ -46,7 +55,10 @@ def _method_config(args):
                         dexperts_alpha=args.dexperts_alpha,
                         reversal_layers=args.reversal_layers, reversal_norm_exp=args.reversal_norm_exp,
                         reversal_sim_exp=args.reversal_sim_exp, reversal_renorm=args.reversal_renorm,
-                        reversal_neg_prefix=args.neg_prefix, reversal_pos_prefix=args.pos_prefix)
+                        reversal_neg_prefix=args.neg_prefix, reversal_pos_prefix=args.pos_prefix,
+                        sasa_subspace=args.subspace, sasa_beta=args.beta,
+                        sasa_mode=args.sasa_mode, sasa_max_candidates=args.max_candidates,
+                        sasa_outside=args.sasa_outside)
 
 
 def cmd_generate(args) -> int:
@@ -104,6 +116,34 @@ def cmd_train_toxic(args) -> int:
     return 0
 
 
+def cmd_fit_sasa(args) -> int:
+    from .models import load_causal_lm
+    from .sasa import default_subspace_path, fit_subspace, read_labelled
+
+    data = read_labelled(args.data, text_field=args.text_field, label_field=args.label_field,
+                         score_field=args.score_field, threshold=args.threshold, toxigen_unit=args.toxigen_unit,
+                         limit_per_label=args.limit_per_label, seed=args.seed)
+    n1, n2 = data.counts()
+    print(f"fit-sasa: {n1} non-toxic and {n2} toxic texts", file=sys.stderr)
+    model, tok = load_causal_lm(args.model)
+    sub = fit_subspace(model.eval(), tok, data, model_name=args.model, batch_size=args.batch_size,
+                       holdout=args.holdout, seed=args.seed, max_length=args.max_length, shrinkage=args.shrinkage,
+                       embeddings_cache=args.embeddings_cache)
+    out = args.out or default_subspace_path(args.model)
+    sub.save(out)
+    i = sub.info
+    acc = i.get("heldout_accuracy")
+    print(f"subspace of {args.model} (layer {sub.layer}, pooling {sub.pooling}, D = {i['dim']}, "
+          f"{i['eigenvalues_kept']} eigenvalues kept) saved to {out}")
+    if acc is not None:
+        print(f"held-out accuracy {acc:.3f} on {i['heldout_n']} texts (toxic recall {i['heldout_toxic_recall']:.3f}, "
+              f"non-toxic recall {i['heldout_nontoxic_recall']:.3f})")
+    if args.report:
+        with open(args.report, "w", encoding="utf-8") as f:
+            json.dump({"model": args.model, "file": out, "layer": sub.layer, "pooling": sub.pooling, **i}, f, indent=2)
+    return 0
+
+
 def _eval_config(args, methods, prompts, limit, num_samples, seeds):
     from .harness import EvalConfig
 
@@ -158,7 +198,7 @@ def cmd_demo(args) -> int:
 
 def _add_eval_options(p, *, limit, num_samples, seeds, out, batch_size=8):
     p.add_argument("--methods", default="none,socd,cd,dexperts",
-                   help="comma-separated methods: none, socd, cd, dexperts, unidetox, reversal (default: none,socd,cd,dexperts)")
+                   help="comma-separated methods: none, socd, cd, dexperts, unidetox, reversal, sasa (default: none,socd,cd,dexperts)")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"base model (default: {DEFAULT_MODEL})")
     p.add_argument("--toxic-model", default=None, help=f"toxic model (default: {DEFAULT_TOXIC}, made on first use)")
     p.add_argument("--prompts", default=None,
@@ -198,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate continuations with a detoxification method",
                        description="Generate continuations of prompts with plain sampling or a detoxification "
                                    "method; writes one JSON object per continuation.")
-    g.add_argument("--method", default="socd", choices=["none", "socd", "cd", "dexperts", "unidetox", "reversal"],
+    g.add_argument("--method", default="socd", choices=["none", "socd", "cd", "dexperts", "unidetox", "reversal", "sasa"],
                    help="decoding method (default: socd)")
     g.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"base model: HuggingFace id, local directory, or an embedded name (default: {DEFAULT_MODEL})")
@@ -238,6 +278,36 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--save-every", type=int, default=25, help="checkpoint every N steps (default: 25)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     t.set_defaults(func=cmd_train_toxic)
+
+    f = sub.add_parser("fit-sasa", help="fit the SASA toxicity subspace of a model from labelled texts",
+                       description="Fit SASA's closed-form toxicity subspace (sasa.md 1): last-layer hidden states at "
+                                   "the last token, streaming float64 moments, pooled-covariance pseudo-inverse, unit "
+                                   "direction and midpoint. Reports held-out accuracy; saves a small file for "
+                                   "`detox generate --method sasa --subspace FILE`.")
+    f.add_argument("--model", default=DEFAULT_MODEL, help=f"the LM to fit the subspace of (default: {DEFAULT_MODEL})")
+    f.add_argument("--data", nargs="+", required=True,
+                   help="labelled texts: ToxiGen hate_*.txt / neutral_*.txt files or a folder of them (e.g. "
+                        "../shared/data/toxigen), RTP-style JSONL with --score-field, or {\"text\", \"label\"} JSONL")
+    f.add_argument("--text-field", default=None, help="JSONL: dotted text field (default: text, or prompt.text)")
+    f.add_argument("--label-field", default="label", help="JSONL: 0/1 label field (default: label)")
+    f.add_argument("--score-field", default=None,
+                   help="JSONL: dotted score field, label = score > --threshold (e.g. prompt.toxicity)")
+    f.add_argument("--threshold", type=float, default=0.5, help="with --score-field: toxic above this (default: 0.5)")
+    f.add_argument("--toxigen-unit", default="sentences", choices=["sentences", "lines"],
+                   help="ToxiGen: fit on the unique sentences of the prompt lists (default) or on whole lines")
+    f.add_argument("--limit-per-label", type=int, default=None, help="a seeded random subset of each class")
+    f.add_argument("--holdout", type=float, default=0.2, help="held-out fraction for the accuracy (default: 0.2)")
+    f.add_argument("--shrinkage", type=float, default=0.0,
+                   help="ridge on the pooled covariance, Sigma + s*(tr Sigma/D)*I (default: 0, the spec's pseudo-inverse; "
+                        "use ~0.5 with few texts per hidden dimension)")
+    f.add_argument("--batch-size", type=int, default=32, help="texts per forward (default: 32)")
+    f.add_argument("--max-length", type=int, default=128, help="tokens per text (default: 128)")
+    f.add_argument("--seed", type=int, default=0, help="split seed (default: 0)")
+    f.add_argument("--out", default=None, help="output file (default: $DETOX_HOME/sasa/<model>-toxigen.safetensors)")
+    f.add_argument("--report", default=None, help="also write the fit's statistics as JSON here")
+    f.add_argument("--embeddings-cache", default=None,
+                   help="keep the embeddings in this file (all in memory) so that a refit does not run the model again")
+    f.set_defaults(func=cmd_fit_sasa)
 
     e = sub.add_parser("eval", help="toxicity benchmark: EMT, TP, PPL, Dist-n for several methods",
                        description="Evaluate methods on a prompt set: N continuations per prompt, a toxicity "

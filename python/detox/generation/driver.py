@@ -22,7 +22,7 @@ from .processors import (
     UniDetoxLogitsProcessor,
 )
 
-METHODS = ("none", "socd", "cd", "dexperts", "unidetox", "reversal")
+METHODS = ("none", "socd", "cd", "dexperts", "unidetox", "reversal", "sasa")
 NEEDS_TOXIC = {"socd", "cd", "dexperts", "unidetox"}
 
 
@@ -46,6 +46,11 @@ class MethodConfig:
     reversal_renorm: bool | None = None
     reversal_neg_prefix: str | None = None
     reversal_pos_prefix: str | None = None
+    sasa_subspace: str | None = None  # SASA (sasa.md): subspace file (default: see detox.sasa.resolve_subspace)
+    sasa_beta: float = 10.0
+    sasa_mode: str = "softmax"
+    sasa_max_candidates: int = 50
+    sasa_outside: str = "keep"
     extra: dict = field(default_factory=dict)
 
 
@@ -78,6 +83,11 @@ class Generator:
                 self.expert = em.eval()
         self.model.eval()
         self.reversal = self._reversal() if method == "reversal" else None
+        self.sasa = None
+        if method == "sasa":
+            from ..sasa import make_sasa_decoder
+
+            self.sasa = make_sasa_decoder(self.model, self.model_name, self.config)
 
     def _reversal(self):
         from .reversal import ToxificationReversal
@@ -136,6 +146,10 @@ class Generator:
         if self.reversal is not None:
             with self.reversal.active():
                 out = self.model.generate(input_ids=ids, attention_mask=mask, **kw)
+        elif self.sasa is not None:  # SASA runs its own decoding loop (K-candidate forward per step)
+            out = self.sasa.generate(ids, mask, max_new_tokens=max_new_tokens, do_sample=do_sample, top_p=top_p,
+                                     temperature=temperature, top_k=0, num_return_sequences=num_samples,
+                                     pad_token_id=tok.pad_token_id)
         else:
             out = self.model.generate(input_ids=ids, attention_mask=mask, **kw)
         texts = tok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)

@@ -1,0 +1,272 @@
+"""SASA decoding (``../shared/specs/sasa.md`` §2) for a whole batch at once.
+
+Each step of :class:`SASADecoder`:
+
+1. the next-token scores of every row go through the HuggingFace warpers of plain sampling
+   (temperature, top-k, top-p: the same classes ``generate`` uses); the candidates ``C`` are the
+   at most ``K = max_candidates`` tokens with the highest finite warped score;
+2. **one** forward of the LM's decoder over the ``B x K`` candidate tokens, fed as a length-K
+   "sequence" per row with every position id equal to the row's next position and a 4D additive
+   attention mask in which each candidate sees the row's (unpadded) prefix and itself only, so the
+   K candidates share the row's prefix KV cache (no K-fold copy);
+3. the fused op :func:`detox_kernels.sasa_reweight` adds ``beta * softmax(margins)`` (or
+   ``beta * margins``) to the candidates' scores, in place;
+4. sampling exactly as ``generate`` samples (``softmax`` then ``torch.multinomial``), so with
+   ``beta = 0`` the tokens are plain sampling's;
+5. the sampled candidate's KV entries are kept in the cache (gathered among the last K positions,
+   the other K - 1 dropped) and its hidden state gives the next step's logits through the LM head:
+   no separate forward for the chosen token.
+
+Tokens outside ``C`` keep their score by default (``outside="keep"``, as the spec says); when one
+of them is sampled (only possible when more than K tokens survive the warpers) that step runs one
+extra single-token forward for the batch, which costs a host synchronisation per step to decide.
+``outside="mask"`` samples among the candidates only: no synchronisation at all on the per-token
+path.
+
+Supported: decoder-only HuggingFace models whose logits are ``lm_head(last_hidden_state)`` and
+whose attention honours a custom 4D mask with a ``DynamicCache``: tested on the Llama family
+(SmolLM2) and GPT-2 with eager and sdpa attention; other decoder-only models built the same way
+(Qwen2, Mistral without a sliding window) should work but are untested. Flash-attention kernels
+ignore 4D masks and are not supported. :func:`sasa_generate_one_at_a_time` is the
+public implementation's form (one sequence at a time, K copies of the cache), kept for tests and
+benchmarks.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+from transformers.cache_utils import DynamicCache
+
+import detox_kernels
+
+
+def _warpers(temperature: float, top_k: int, top_p: float) -> LogitsProcessorList:
+    """The warpers ``generate(do_sample=True, temperature=, top_k=, top_p=)`` builds, in its order."""
+    w = LogitsProcessorList()
+    if temperature is not None and temperature != 1.0:
+        w.append(TemperatureLogitsWarper(temperature))
+    if top_k is not None and top_k != 0:
+        w.append(TopKLogitsWarper(top_k=top_k, min_tokens_to_keep=1))
+    if top_p is not None and top_p < 1.0:
+        w.append(TopPLogitsWarper(top_p=top_p, min_tokens_to_keep=1))
+    return w
+
+
+def _decoder_and_head(model):
+    base = model.base_model
+    head = model.get_output_embeddings()
+    if base is model or head is None:
+        raise ValueError(f"SASA needs a causal LM with a decoder and an LM head; {type(model).__name__} has "
+                         f"{'no decoder' if base is model else 'no output embeddings'}")
+    return base, head
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    pos = mask.long().cumsum(-1) - 1
+    return pos.masked_fill(mask == 0, 1)
+
+
+class SASADecoder:
+    """Batched SASA decoding with one K-candidate forward per step (see the module docstring).
+
+    Args:
+        model: a HuggingFace causal LM (eval mode).
+        direction, midpoint: the subspace (``[D]``; see :mod:`detox.sasa`).
+        beta: strength (``0`` = plain sampling). mode: ``"softmax"`` or ``"tilt"``.
+        max_candidates: K. outside: ``"keep"`` or ``"mask"`` (tokens outside the candidates).
+        backend: force a backend of the fused op (default: automatic).
+    """
+
+    def __init__(self, model, direction, midpoint, *, beta: float = 10.0, mode: str = "softmax",
+                 max_candidates: int = 50, outside: str = "keep", backend: str | None = None):
+        if outside not in ("keep", "mask"):
+            raise ValueError(f"outside must be 'keep' or 'mask', got {outside!r}")
+        if mode not in ("softmax", "tilt"):
+            raise ValueError(f"mode must be 'softmax' or 'tilt', got {mode!r}")
+        if int(max_candidates) < 1:
+            raise ValueError(f"max_candidates must be >= 1, got {max_candidates}")
+        self.model = model
+        self.base, self.head = _decoder_and_head(model)
+        p = next(model.parameters())
+        d = model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.n_embd
+        self.direction = torch.as_tensor(direction, dtype=torch.float32).to(p.device).reshape(-1)
+        self.midpoint = torch.as_tensor(midpoint, dtype=torch.float32).to(p.device).reshape(-1)
+        if self.direction.shape != (d,) or self.midpoint.shape != (d,):
+            raise ValueError(f"the subspace has dimension {tuple(self.direction.shape)} but the model's hidden size "
+                             f"is {d}: it was fitted on another model")
+        self.beta = float(beta)
+        self.mode = mode
+        self.k = int(max_candidates)
+        self.outside = outside
+        self.backend = backend
+        self.fallback_steps = 0  # steps that needed the extra forward (outside="keep"), for reports
+
+    # ------------------------------------------------------------------ pieces
+    def _prefill(self, ids, mask):
+        cache = DynamicCache(config=self.model.config)
+        out = self.base(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), past_key_values=cache,
+                        use_cache=True)
+        h = out.last_hidden_state[:, -1]
+        return self.head(h).float(), out.past_key_values
+
+    def _candidate_mask(self, attn: torch.Tensor, k: int, dtype) -> torch.Tensor:
+        """Additive ``[B, 1, K, T + K]`` mask: each candidate sees the row's prefix and itself."""
+        b, t = attn.shape
+        neg = torch.finfo(dtype).min
+        prefix = torch.zeros(b, 1, k, t, dtype=dtype, device=attn.device).masked_fill(attn[:, None, None, :] == 0, neg)
+        eye = torch.eye(k, dtype=torch.bool, device=attn.device)
+        own = torch.full((k, k), neg, dtype=dtype, device=attn.device).masked_fill(eye, 0.0)
+        return torch.cat([prefix, own.expand(b, 1, k, k)], dim=-1)
+
+    def _candidate_forward(self, cand, attn, pos_next, cache):
+        b, k = cand.shape
+        t = attn.shape[1]
+        dtype = next(self.model.parameters()).dtype
+        out = self.base(input_ids=cand, attention_mask=self._candidate_mask(attn, k, dtype),
+                        position_ids=pos_next[:, None].expand(b, k), past_key_values=cache,
+                        cache_position=torch.arange(t, t + k, device=cand.device), use_cache=True)
+        return out.last_hidden_state  # [B, K, D]
+
+    @staticmethod
+    def _keep_chosen(cache, t: int, idx: torch.Tensor):
+        """Keep, per row, the KV entry of candidate ``idx[b]`` among positions ``t .. t+K-1``."""
+        for layer in cache.layers:
+            for name in ("keys", "values"):
+                x = getattr(layer, name)  # [B, H, t + K, Dh]
+                b, h, _, dh = x.shape
+                sel = torch.gather(x[:, :, t:], 2, (idx.view(b, 1, 1, 1)).expand(b, h, 1, dh))
+                setattr(layer, name, torch.cat([x[:, :, :t], sel], dim=2))
+
+    # ------------------------------------------------------------------ loop
+    @torch.inference_mode()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+                 max_new_tokens: int = 20, do_sample: bool = True, temperature: float = 1.0, top_k: int = 0,
+                 top_p: float = 1.0, num_return_sequences: int = 1, pad_token_id: int | None = None,
+                 eos_token_id=None, return_margins: bool = False):
+        """Like ``model.generate``: returns ``[B * n, L + max_new_tokens]`` token ids (rows finished
+        by EOS are padded, as ``generate`` pads them); with ``return_margins=True`` also the
+        ``[B * n, max_new_tokens]`` margin of each chosen token (NaN where it was not a candidate)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        n = int(num_return_sequences)
+        ids = input_ids.repeat_interleave(n, dim=0)
+        attn = attention_mask.to(ids.device).long().repeat_interleave(n, dim=0)
+        if eos_token_id is None:
+            eos_token_id = self.model.generation_config.eos_token_id
+        eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or []),
+                           device=ids.device, dtype=torch.long)
+        if pad_token_id is None:
+            pad_token_id = int(eos[0]) if eos.numel() else 0
+        warp = _warpers(temperature, top_k, top_p) if do_sample else LogitsProcessorList()
+        b = ids.shape[0]
+        rows = torch.arange(b, device=ids.device)
+        logits, cache = self._prefill(ids, attn)
+        pos_next = attn.sum(-1)  # the next position id of each row
+        unfinished = torch.ones(b, dtype=torch.long, device=ids.device)
+        beta = torch.full((b,), self.beta, dtype=torch.float32, device=ids.device)
+        margins_out = []
+        for _ in range(max_new_tokens):
+            scores = warp(ids, logits)
+            k = min(self.k, scores.shape[1])
+            top, cand = scores.topk(k, dim=-1)
+            valid = torch.isfinite(top)
+            t = attn.shape[1]
+            hidden = self._candidate_forward(cand, attn, pos_next, cache)
+            _, margins = detox_kernels.sasa_reweight(scores, cand, hidden, self.direction, self.midpoint, beta,
+                                                     mode=self.mode, valid=valid, return_margins=True,
+                                                     backend=self.backend)
+            if self.outside == "mask":
+                scores = torch.full_like(scores, float("-inf")).scatter_(1, cand, scores.gather(1, cand))
+            if do_sample:
+                probs = torch.nn.functional.softmax(scores, dim=-1)
+                nxt = torch.multinomial(probs, num_samples=1).squeeze(1)
+            else:
+                nxt = scores.argmax(dim=-1)
+            nxt = nxt * unfinished + pad_token_id * (1 - unfinished)
+            match = (cand == nxt[:, None]) & valid
+            is_cand = match.any(dim=1)
+            idx = match.int().argmax(dim=1)
+            if return_margins:
+                margins_out.append(torch.where(is_cand, margins[rows, idx], float("nan")))
+            self._keep_chosen(cache, t, idx)
+            attn = torch.cat([attn, attn.new_ones(b, 1)], dim=1)
+            if self.outside == "keep" and not bool(is_cand.all()):  # host sync only in this mode
+                self.fallback_steps += 1
+                for layer in cache.layers:
+                    layer.keys, layer.values = layer.keys[:, :, :t], layer.values[:, :, :t]
+                out = self.base(input_ids=nxt[:, None], attention_mask=attn, position_ids=pos_next[:, None],
+                                past_key_values=cache, use_cache=True)
+                h_next = out.last_hidden_state[:, -1]
+            else:
+                h_next = hidden[rows, idx]
+            logits = self.head(h_next).float()
+            ids = torch.cat([ids, nxt[:, None]], dim=1)
+            pos_next = pos_next + 1
+            if eos.numel():
+                unfinished = unfinished * (~torch.isin(nxt, eos)).long()
+        if return_margins:
+            return ids, (torch.stack(margins_out, 1) if margins_out else torch.empty(b, 0))
+        return ids
+
+
+@torch.inference_mode()
+def sasa_generate_one_at_a_time(model, input_ids, attention_mask, direction, midpoint, *, beta=10.0,
+                                mode="softmax", max_candidates=50, max_new_tokens=20, do_sample=True,
+                                temperature=1.0, top_k=0, top_p=1.0, pad_token_id=None, eos_token_id=None):
+    """The public implementation's form: one sequence at a time; each step copies the prefix cache
+    K times, runs the K candidates as a batch of K one-token sequences, computes the margins in
+    eager PyTorch and re-weights, samples, and keeps the chosen copy. For tests and benchmarks.
+    Tokens outside the candidates are masked (there is no other forward to take them from)."""
+    base, head = _decoder_and_head(model)
+    w = torch.as_tensor(direction, dtype=torch.float32)
+    m = torch.as_tensor(midpoint, dtype=torch.float32)
+    if eos_token_id is None:
+        eos_token_id = model.generation_config.eos_token_id
+    eos = set([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or []))
+    warp = _warpers(temperature, top_k, top_p) if do_sample else LogitsProcessorList()
+    outs = []
+    for r in range(input_ids.shape[0]):
+        keep = attention_mask[r].bool()
+        ids = input_ids[r:r + 1, keep]  # the row without its padding
+        cache = DynamicCache(config=model.config)
+        out = base(input_ids=ids, past_key_values=cache, use_cache=True)
+        logits = head(out.last_hidden_state[:, -1]).float()
+        gen = []
+        for _ in range(max_new_tokens):
+            scores = warp(ids, logits)
+            k = min(max_candidates, scores.shape[1])
+            top, cand = scores.topk(k, dim=-1)  # [1, K]
+            valid = torch.isfinite(top[0])
+            big = DynamicCache(config=model.config)
+            for li, layer in enumerate(cache.layers):  # K copies of the prefix cache
+                big.update(layer.keys.repeat(k, 1, 1, 1), layer.values.repeat(k, 1, 1, 1), li)
+            o = base(input_ids=cand.view(k, 1), past_key_values=big, use_cache=True)
+            h = o.last_hidden_state[:, -1].float()  # [K, D]
+            margin = (h - m) @ w
+            if mode == "softmax":
+                wt = torch.softmax(margin.masked_fill(~valid, float("-inf")), dim=0)
+            else:
+                wt = margin
+            wt = torch.where(valid, wt, torch.zeros_like(wt))
+            new = torch.full_like(scores, float("-inf"))
+            new[0, cand[0]] = scores[0, cand[0]] + beta * wt
+            if do_sample:
+                j = int(torch.multinomial(torch.softmax(new, dim=-1), 1))
+            else:
+                j = int(new.argmax())
+            c = int((cand[0] == j).nonzero()[0, 0])
+            for li, layer in enumerate(cache.layers):
+                layer.keys = big.layers[li].keys[c:c + 1]
+                layer.values = big.layers[li].values[c:c + 1]
+            logits = head(o.last_hidden_state[c:c + 1, -1]).float()
+            gen.append(j)
+            ids = torch.cat([ids, torch.tensor([[j]], device=ids.device)], dim=1)
+            if j in eos:
+                break
+        outs.append(gen)
+    pad = pad_token_id if pad_token_id is not None else (min(eos) if eos else 0)
+    res = torch.full((len(outs), max_new_tokens), pad, dtype=torch.long)
+    for i, g in enumerate(outs):
+        res[i, :len(g)] = torch.tensor(g, dtype=torch.long)
+    return res
