@@ -247,3 +247,23 @@ def test_embedded_smollm2_reversal():
     both = rev.generate_batch(prompts, max_new_tokens=8, do_sample=False)
     assert both != plain and all(len(p[0].split()) >= 3 for p in both)
     assert [rev.generate_batch([p], max_new_tokens=8, do_sample=False)[0] for p in prompts] == both
+
+
+def test_cli_generate_reversal(tmp_path):
+    import json
+
+    from detox.cli import main
+    from tiny_models import tiny_llama_dir
+
+    model_dir = tiny_llama_dir(str(tmp_path / "m"), seed=0)
+    out = tmp_path / "rev.jsonl"
+    argv = ["generate", "--method", "reversal", "--model", model_dir, "--prompt", "you are such a stupid",
+            "--num-samples", "2", "--max-new-tokens", "3", "--reversal-layers", "1", "--neg-prefix", NEG,
+            "--pos-prefix", "", "--reversal-norm-exp", "0.5", "--no-reversal-renorm", "--out", str(out)]
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 2 and all(r["method"] == "reversal" for r in rows)
+    s = rows[0]["settings"]["reversal"]
+    assert s == {"layers": [1], "norm_exp": 0.5, "sim_exp": 0.6, "renorm": False, "neg_prefix": NEG, "pos_prefix": ""}
+    with pytest.raises(ValueError, match="out of range"):
+        main(argv[:-2] + ["--reversal-layers", "9", "--out", str(out)])
