@@ -241,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_options(d, limit=32, num_samples=4, seeds="0", out="detox-demo", batch_size=16)
     d.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     d.set_defaults(func=cmd_demo)
+
+    from .rewrite.cli import add_commands as add_rewrite_commands  # detox rewrite, detox finetune (HSPD)
+
+    add_rewrite_commands(sub)
     return parser
 
 
