@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from transformers import LogitsProcessorList
+from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from ..generation.processors import ContrastiveDecodingLogitsProcessor, SoCDLogitsProcessor
 from .rank import TextEmbedder, dedupe, fusion_scores
@@ -93,6 +93,7 @@ class Rewriter:
         self.embedder = embedder if embedder is not None else TextEmbedder(cfg.embedder, device=self.device)
         self.timing = {"generate": 0.0, "score": 0.0, "embed": 0.0, "other": 0.0}
         self.n_candidates = len(cfg.temperatures) * cfg.samples_per_temperature
+        self.shared_prefill = True   # prefill each prompt once, not once per candidate (same result)
 
     def _processors(self, mask, seeds, temps, prompt_len):
         c = self.cfg
@@ -122,20 +123,38 @@ class Rewriter:
         # The k candidates of a text share its prompt: prefill it once per text (base and toxic
         # model), then repeat the caches k times, instead of prefilling k identical rows.
         kw = {}
-        if ids1.shape[1] > 1:
+        if self.shared_prefill and ids1.shape[1] > 1:
             kw["past_key_values"] = self._prefill(self.model, ids1, mask1, k)
             if self.toxic is not None:
                 aux = procs[0].aux[0]
                 aux.cache = self._prefill(self.toxic, ids1, mask1, k)
                 aux.seen, aux.rows, aux.mask = ids.shape[1] - 1, ids.shape[0], mask[:, :-1].long()
-        stops = [s for s in self.template.stop if s]
-        if stops:
-            kw.update(stop_strings=stops, tokenizer=tok)
+        crit = self._stopping()
+        if crit is not None:
+            kw["stopping_criteria"] = StoppingCriteriaList([crit])
         out = self.model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=c.max_new_tokens,
                                   logits_processor=procs, pad_token_id=tok.pad_token_id, num_beams=1,
                                   temperature=None, top_p=None, top_k=None, **kw)
         dec = tok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
         return [dec[i * k:(i + 1) * k] for i in range(len(texts))]
+
+    def _stopping(self):
+        """Stop a row at the template's stop strings: HF's StopStringCriteria, or, for tokenizers it
+        cannot handle, a per-token test (tokens whose text contains a stop string)."""
+        if hasattr(self, "_stop"):
+            return self._stop
+        stops = [s for s in self.template.stop if s]
+        self._stop = None
+        if stops:
+            try:
+                from transformers import StopStringCriteria
+
+                self._stop = StopStringCriteria(self.tok, stops)
+            except Exception:
+                ids = [i for i in range(len(self.tok)) if any(s in self.tok.decode([i]) for s in stops)]
+                if ids:
+                    self._stop = _TokenStop(ids, self.model.get_output_embeddings().weight.shape[0], self.device)
+        return self._stop
 
     @staticmethod
     def _prefill(model, ids, mask, k):
@@ -209,3 +228,12 @@ class Rewriter:
         self.timing["embed"] += t5 - t4
         self.timing["other"] += (t1 - t0) + (t3 - t2) + (t6 - t5)
         return results
+
+
+class _TokenStop(StoppingCriteria):
+    def __init__(self, ids, vocab, device):
+        self.mask = torch.zeros(vocab, dtype=torch.bool, device=device)
+        self.mask[torch.tensor(ids, dtype=torch.long)] = True
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return self.mask[input_ids[:, -1]]

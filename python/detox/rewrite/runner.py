@@ -229,14 +229,20 @@ def finish(input_path, out, store, cfg, *, fmt, text_field, limit, bad, timing, 
     work = work_dir_for(out)
     prov = os.path.join(work, "provenance.jsonl")
     stats = Summary()
-    with open(prov + ".tmp", "w", encoding="utf-8") as f:
+
+    def records():  # a rerun with a smaller --limit reports on that prefix only
         for r in store.merged():
+            if limit is None or r["index"] < limit:
+                yield r
+
+    with open(prov + ".tmp", "w", encoding="utf-8") as f:
+        for r in records():
             stats.add(r)
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     os.replace(prov + ".tmp", prov)
 
     def rewrites():
-        for r in store.merged():
+        for r in records():
             if r.get("status") in ("ok", "no_candidate"):
                 yield r["index"], r["rewrite"]
 
