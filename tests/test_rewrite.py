@@ -322,6 +322,15 @@ def test_finetune_on_rewritten_corpus(tiny, tmp_path):
     m, _ = load_causal_lm(str(out))
     m0, _ = load_causal_lm(base)
     assert not torch.equal(m.model.layers[0].self_attn.q_proj.weight, m0.model.layers[0].self_attn.q_proj.weight)
+    # and the evaluation of the fine-tuned model runs on it
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("you are a\nthey are\n")
+    r = subprocess.run([sys.executable, "-m", "detox.cli", "eval", "--model", str(out), "--methods", "none",
+                        "--prompts", str(prompts), "--num-samples", "2", "--max-new-tokens", "3", "--scorer", "jigsaw",
+                        "--out", str(tmp_path / "eval")], env=_env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.load(open(tmp_path / "eval" / "results.json"))
+    assert "none" in json.dumps(res)
     r = subprocess.run([sys.executable, "-m", "detox.cli", "finetune", "--data", str(tmp_path / "missing.jsonl"),
                         "--out", str(out)], env=_env(), capture_output=True, text=True)
     assert r.returncode == 2 and "not found" in r.stderr

@@ -56,7 +56,8 @@ def run_on_ray(shards, store, cfg, bar, *, workers: int = 2, window: int = 64, a
         if address:
             ray.init(address=address, runtime_env=env, log_to_driver=False)
         else:
-            ray.init(num_cpus=max(workers, 1), runtime_env=env, log_to_driver=False, include_dashboard=False)
+            # one CPU per actor plus one for Ray Data's own tasks (reading the window's blocks)
+            ray.init(num_cpus=max(workers, 1) + 1, runtime_env=env, log_to_driver=False, include_dashboard=False)
         started = True
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
@@ -77,8 +78,9 @@ def run_on_ray(shards, store, cfg, bar, *, workers: int = 2, window: int = 64, a
                     break
             if not win:
                 break
-            ds = ray.data.from_items([{"shard": json.dumps(s, ensure_ascii=False)} for s in win])
-            ds = ds.repartition(min(len(win), max(workers, 1) * 4))
+            # one block per shard, so the actors share the window's shards out one at a time
+            ds = ray.data.from_items([{"shard": json.dumps(s, ensure_ascii=False)} for s in win],
+                                     override_num_blocks=len(win))
             ds = ds.map_batches(RewriteActor, fn_constructor_kwargs={"cfg": asdict(cfg)}, batch_size=1,
                                 concurrency=max(1, min(workers, len(win))), num_cpus=0 if gpus else 1,
                                 num_gpus=1 if gpus else 0)
