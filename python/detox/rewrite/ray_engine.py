@@ -82,7 +82,8 @@ def run_on_ray(shards, store, cfg, bar, *, workers: int = 2, window: int = 64, a
             ds = ray.data.from_items([{"shard": json.dumps(s, ensure_ascii=False)} for s in win],
                                      override_num_blocks=len(win))
             ds = ds.map_batches(RewriteActor, fn_constructor_kwargs={"cfg": asdict(cfg)}, batch_size=1,
-                                concurrency=max(1, min(workers, len(win))), num_cpus=0 if gpus else 1,
+                                compute=ray.data.ActorPoolStrategy(size=max(1, min(workers, len(win)))),
+                                num_cpus=0 if gpus else 1,
                                 num_gpus=1 if gpus else 0)
             results = []
             for row in ds.iter_rows():
