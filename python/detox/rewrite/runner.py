@@ -151,9 +151,10 @@ def _check_meta(work: str, meta: dict, overwrite: bool) -> None:
     path = os.path.join(work, "meta.json")
     if os.path.exists(path) and not overwrite:
         old = json.load(open(path))
-        if old.get("key") != meta["key"] or old.get("input") != meta["input"]:
+        if any(old.get(k) != meta[k] for k in ("key", "input", "input_bytes", "text_field", "format")):
             raise SystemExit(
-                f"error: {work} holds a run with other settings or input (key {old.get('key')} vs {meta['key']}); "
+                f"error: {work} holds a run with other settings or input (key {old.get('key')} vs {meta['key']}, "
+                f"input {old.get('input')} of {old.get('input_bytes')} bytes); "
                 "rerun with the same options to resume, or pass --overwrite to start over")
         return
     if overwrite and os.path.isdir(work):
@@ -178,7 +179,8 @@ def run_rewrite(input_path: str, out: str, cfg: RewriteConfig, *, fmt: str | Non
         raise FileNotFoundError(f"input not found: {input_path}")
     fmt = detect_format(input_path, fmt)
     work = work_dir_for(out)
-    meta = {"key": cfg.key(), "input": os.path.abspath(input_path), "format": fmt, "text_field": text_field,
+    meta = {"key": cfg.key(), "input": os.path.abspath(input_path), "input_bytes": os.path.getsize(input_path),
+            "format": fmt, "text_field": text_field,
             "limit": limit, "config": asdict(cfg)}
     _check_meta(work, meta, overwrite)
     store = PartStore(work)
