@@ -336,6 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .cmd.cli import add_parsers as add_cmd_parsers
 
     add_cmd_parsers(sub)
+
+    from .rewrite.cli import add_commands as add_rewrite_commands  # detox rewrite, detox finetune (HSPD)
+
+    add_rewrite_commands(sub)
     return parser
 
 

@@ -1,0 +1,141 @@
+"""The ``detox rewrite`` and ``detox finetune`` subcommands (added to ``detox.cli``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _floats(s: str) -> list[float]:
+    try:
+        v = [float(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from None
+    if not v or any(x <= 0 for x in v):
+        raise argparse.ArgumentTypeError(f"temperatures must be positive numbers, got {s!r}")
+    return v
+
+
+def cmd_rewrite(args) -> int:
+    from .pipeline import RewriteConfig
+    from .runner import run_rewrite, work_dir_for
+
+    if not os.path.exists(args.input):
+        print(f"error: input not found: {args.input}", file=sys.stderr)
+        return 2
+    cfg = RewriteConfig(mode=args.mode, model=args.model, toxic_model=args.toxic_model, template=args.template,
+                        temperatures=args.temperatures, samples_per_temperature=args.samples_per_temperature,
+                        top_p=args.top_p, max_new_tokens=args.max_new_tokens, max_input_tokens=args.max_input_tokens,
+                        lam=args.lam, scorer=args.scorer, embedder=args.embedder, divergence=args.divergence,
+                        k_min=args.k_min, k_max=args.k_max, preset=args.preset, seed=args.seed,
+                        batch_size=args.batch_size)
+    try:
+        cfg.validate()
+        from .templates import load_template
+
+        load_template(cfg.template)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    s = run_rewrite(args.input, args.out, cfg, fmt=args.format, text_field=args.text_field, limit=args.limit,
+                    engine=args.engine, workers=args.workers, window=args.window, overwrite=args.overwrite,
+                    max_chars=args.max_chars, ray_address=args.ray_address)
+    work = work_dir_for(args.out)
+
+    def f(x):
+        return "n/a" if x is None else f"{x:.3f}"
+
+    print(f"{s['texts']} texts ({s['counts']}), {s['malformed']} malformed lines skipped; toxicity "
+          f"{f(s['mean_toxicity_before'])} -> {f(s['mean_toxicity_after'])}, similarity {f(s['mean_similarity'])}")
+    print(f"output: {args.out}; provenance, summary.json and report.md in {work}")
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from ..data import read_prompts
+    from ..models import load_causal_lm
+    from ..training import TrainConfig, train_causal_lm
+
+    if not os.path.exists(args.data):
+        print(f"error: training data not found: {args.data}", file=sys.stderr)
+        return 2
+    texts = [p.text for p in read_prompts(args.data, field=args.text_field)]
+    if not texts:
+        print(f"error: no texts in {args.data}", file=sys.stderr)
+        return 2
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, max_length=args.max_length, lr=args.lr,
+                      lora=args.lora, lora_r=args.lora_r, lora_alpha=args.lora_alpha, save_every=args.save_every,
+                      seed=args.seed)
+    model, tok = load_causal_lm(args.model)
+    print(f"fine-tuning {args.model} on {args.data} ({len(texts)} texts): {cfg.steps} steps, batch {cfg.batch_size}, "
+          f"lr {cfg.lr}, {'LoRA' if cfg.lora else 'full'} -> {args.out}")
+    train_causal_lm(model, tok, texts, args.out, cfg, data_description=f"{args.data} ({len(texts)} texts)")
+    print(f"model saved in {args.out}; evaluate it with: detox eval --model {args.out} --methods none ...")
+    return 0
+
+
+def add_commands(sub) -> None:
+    from .pipeline import MODES
+    from .templates import TEMPLATES
+
+    r = sub.add_parser(
+        "rewrite", help="HSPD: rewrite every text of a corpus into a non-toxic one that keeps its meaning",
+        description="Rewrite each text of a corpus (JSONL, plain text lines, Parquet) with SoCD decoding: candidates "
+                    "at several temperatures, answer extraction, de-duplication, fusion ranking "
+                    "lambda*(1-tox) + (1-lambda)*cos. Writes OUTPUT in the input's format and OUTPUT.hspd/ (per-text "
+                    "provenance, summary.json, report.md with a plot). Resumable: rerun the same command after an "
+                    "interruption (even kill -9); nothing is lost or duplicated.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    r.add_argument("input", help="corpus: .jsonl/.json ({\"text\": ...} per line), .parquet, or text (one per line)")
+    r.add_argument("--out", required=True, help="output corpus (same format as the input)")
+    r.add_argument("--format", default=None, choices=["jsonl", "text", "parquet"], help="input format (default: by extension)")
+    r.add_argument("--text-field", default="text", help="JSON field / Parquet column with the text (dotted for nested)")
+    r.add_argument("--mode", default="socd", choices=list(MODES),
+                   help="decoding: prompt (plain sampling), cd (contrastive decoding), socd")
+    r.add_argument("--model", default="smollm2-135m-instruct", help="base model: embedded name, directory or HF id")
+    r.add_argument("--toxic-model", default=None, help="toxic model with the base vocabulary (default: the embedded toxic SmolLM2)")
+    r.add_argument("--template", default="fewshot",
+                   help=f"prompt template: {', '.join(TEMPLATES)} (the paper's chat prompt) or a JSON file")
+    r.add_argument("--temperatures", type=_floats, default=[0.6, 0.8, 1.0, 1.2, 1.5], help="sampling temperatures")
+    r.add_argument("--samples-per-temperature", type=int, default=2, help="candidates per temperature")
+    r.add_argument("--top-p", type=float, default=1.0, help="nucleus top-p (the official code forces 1.0)")
+    r.add_argument("--max-new-tokens", type=int, default=48, help="tokens per candidate")
+    r.add_argument("--max-input-tokens", type=int, default=512, help="longer prompts are skipped and reported")
+    r.add_argument("--max-chars", type=int, default=20000, help="longer texts are reported as malformed and skipped")
+    r.add_argument("--lambda", dest="lam", type=float, default=0.5, help="fusion weight of (1 - toxicity)")
+    r.add_argument("--scorer", default=None, help="toxicity scorer: jigsaw, profanity, detoxify:CKPT[:CFG], HF dir (default: jigsaw offline)")
+    r.add_argument("--embedder", default=None, help="sentence-transformers / HF encoder directory (default: embedded all-MiniLM-L6-v2)")
+    r.add_argument("--divergence", default="l2", choices=["fkl", "rkl", "skl", "jsd", "tvd", "l2"], help="SoCD divergence")
+    r.add_argument("--k-min", type=int, default=10, help="SoCD k_min")
+    r.add_argument("--k-max", type=int, default=None, help="SoCD k_max (default V/2)")
+    r.add_argument("--preset", default=None, choices=["paper", "hspd-code"], help="SoCD preset")
+    r.add_argument("--batch-size", type=int, default=8, help="texts per generate call (each expanded to all candidates)")
+    r.add_argument("--limit", type=int, default=None, help="only the first N valid texts")
+    r.add_argument("--seed", type=int, default=0, help="seed; each candidate is seeded from (seed, text index, candidate)")
+    r.add_argument("--engine", default="local", choices=["local", "ray"], help="one process, or Ray Data actors")
+    r.add_argument("--workers", type=int, default=2, help="Ray: actors in the pool")
+    r.add_argument("--window", type=int, default=64, help="Ray: shards submitted per Ray Data job")
+    r.add_argument("--ray-address", default=None, help="Ray: an existing cluster (default: start a local one)")
+    r.add_argument("--overwrite", action="store_true", help="discard a previous run's work directory")
+    r.set_defaults(func=cmd_rewrite)
+
+    f = sub.add_parser("finetune", help="fine-tune a model on a corpus (e.g. the rewritten one), full or LoRA",
+                       description="Fine-tune a causal LM on a text corpus (JSONL or text lines), resumable; the "
+                                   "result is a model directory for `detox eval --model DIR`.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    f.add_argument("--data", required=True, help="training corpus (JSONL {\"text\"} or text lines)")
+    f.add_argument("--text-field", default=None, help="JSON field holding the text")
+    f.add_argument("--model", default="smollm2-135m-instruct", help="model to fine-tune")
+    f.add_argument("--out", required=True, help="output model directory")
+    f.add_argument("--steps", type=int, default=100, help="optimizer steps")
+    f.add_argument("--batch-size", type=int, default=8, help="texts per step")
+    f.add_argument("--max-length", type=int, default=64, help="tokens per text")
+    f.add_argument("--lr", type=float, default=2e-5, help="learning rate (paper: 2e-5)")
+    f.add_argument("--lora", action="store_true", help="LoRA adapter (merged at the end) instead of all weights")
+    f.add_argument("--lora-r", type=int, default=8, help="LoRA rank")
+    f.add_argument("--lora-alpha", type=int, default=16, help="LoRA alpha")
+    f.add_argument("--save-every", type=int, default=25, help="checkpoint every N steps")
+    f.add_argument("--seed", type=int, default=0, help="seed")
+    f.set_defaults(func=cmd_finetune)
