@@ -101,6 +101,31 @@ def test_edge_cases_exact(backend):
     assert torch.equal(out[2, 1:], logits[2, 1:])
 
 
+@pytest.mark.parametrize("backend", BACKENDS + ["reference"])
+def test_token_zero_before_padding_and_all_minus_inf_margins(backend):
+    """Row 0: a real candidate with id 0 followed by padding (invalid ids / valid=False) still gets
+    its update. Row 1: every margin is -inf (a -inf hidden value): zero weights, row unchanged."""
+    v, d = 11, 4
+    logits = torch.randn(2, v, generator=torch.Generator().manual_seed(0))
+    h = torch.zeros(2, 3, d)
+    h[0, :, 0] = torch.tensor([2.0, 1.0, 0.5])
+    h[1, :, 0] = float("-inf")
+    w = torch.zeros(d)
+    w[0] = 1.0
+    m = torch.zeros(d)
+    ids = torch.tensor([[0, -1, 5], [3, 4, 6]])
+    valid = torch.tensor([[True, True, False], [True, True, True]])
+    beta = torch.tensor([3.0, 2.0])
+    if backend == "reference":
+        out = sasa_reweight(logits.clone(), ids, h, w, m, beta, valid=valid, backend="reference")
+    else:
+        out, _ = _run(backend, logits, ids, h, w, m, beta, valid, "softmax")
+    out = out.cpu()
+    torch.testing.assert_close(out[0, 0], logits[0, 0] + 3.0, atol=1e-6, rtol=0)  # the only candidate: weight 1
+    assert torch.equal(out[0, 1:], logits[0, 1:])
+    assert torch.equal(out[1], logits[1])
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_zero_beta_and_empty_shapes(backend):
     logits, ids, hidden, w, m, beta, valid = make_sasa_inputs(3, 9, 16, 40, seed=3)

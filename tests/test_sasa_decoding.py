@@ -69,6 +69,27 @@ def test_beta_zero_is_plain_sampling(tiny, kind, outside):
         assert dec.fallback_steps > 0  # the tiny random models have flat distributions: > K tokens in the nucleus
 
 
+def test_beta_zero_with_eos_and_no_fallback_for_finished_rows(tiny):
+    """Rows that stop at EOS: beta = 0 still equals generate(), and finished rows (which only emit
+    padding) never trigger the extra forward of outside='keep'."""
+    model, enc = tiny["llama"], _enc(tiny["tok"])
+    torch.manual_seed(0)
+    free = model.generate(**enc, do_sample=True, top_p=1.0, top_k=8, max_new_tokens=12, pad_token_id=0)
+    eos = int(free[0, enc["input_ids"].shape[1] + 1])  # row 0 stops at its second new token
+    dec = SASADecoder(model, tiny["w"], tiny["m"], beta=0.0, max_candidates=8, outside="keep")
+    torch.manual_seed(0)
+    ref = model.generate(**enc, do_sample=True, top_p=1.0, top_k=8, max_new_tokens=12, pad_token_id=0,
+                         eos_token_id=eos)
+    torch.manual_seed(0)
+    got = dec.generate(enc["input_ids"], enc["attention_mask"], do_sample=True, top_p=1.0, top_k=8,
+                       max_new_tokens=12, pad_token_id=0, eos_token_id=eos)
+    assert torch.equal(ref, got[:, :ref.shape[1]])
+    assert (ref[0, enc["input_ids"].shape[1] + 2:] == 0).all()  # row 0 finished early
+    # top_k = K: a running row only samples among its candidates; the padding of finished rows is
+    # (almost surely) no candidate and must not cause a fallback
+    assert dec.fallback_steps == 0
+
+
 @pytest.mark.parametrize("kind", ["llama", "gpt2", "llama-eager", "gpt2-eager"])
 def test_candidate_forward_equals_k_copies(tiny, kind):
     """The one B x K forward with the 4D mask gives every candidate the hidden state of prefix + candidate."""

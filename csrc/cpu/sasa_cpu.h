@@ -49,7 +49,7 @@ void sasa_row(T* logits, const int64_t* ids, const H* hidden, const float* direc
       weight[k] = std::exp(margins[k] - mx);
       s += weight[k];
     }
-    const float inv = 1.f / s;
+    const float inv = s > 0.f ? 1.f / s : 0.f;  // all margins -inf: zero weights (row unchanged), as the reference
     for (int64_t k = 0; k < K; ++k) weight[k] *= inv;
   }
   // 4. one write per distinct id: the first occurrence adds the weights of all occurrences

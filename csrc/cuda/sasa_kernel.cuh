@@ -81,7 +81,7 @@ __global__ void __launch_bounds__(256) sasa_reweight_kernel(T* __restrict__ logi
     }
     if (lane == 0) {
       s_mx = mx;
-      s_inv = any ? 1.f / s : 0.f;
+      s_inv = (any && s > 0.f) ? 1.f / s : 0.f;  // all margins -inf: zero weights, as the reference
     }
   }
   __syncthreads();

@@ -82,8 +82,9 @@ def sasa_reweight_reference(
     delta = torch.zeros(b, v, dtype=torch.float64, device=logits.device)
     safe = torch.where(take, ids.long(), torch.zeros_like(ids, dtype=torch.long))
     delta.scatter_add_(1, safe, w * beta_t[:, None])
-    touched = torch.zeros(b, v, dtype=torch.bool, device=logits.device)
-    touched.scatter_(1, safe, take)
+    # scatter_add, not scatter_: the non-participating entries also point at id 0, and with a plain
+    # scatter their False could overwrite the True of a real candidate with id 0
+    touched = torch.zeros(b, v, dtype=torch.long, device=logits.device).scatter_add_(1, safe, take.long()) > 0
     new = torch.where(touched, (logits.double() + delta).to(logits.dtype), logits)
     del k
     return new, margins

@@ -86,6 +86,13 @@ class SASADecoder:
             raise ValueError(f"mode must be 'softmax' or 'tilt', got {mode!r}")
         if int(max_candidates) < 1:
             raise ValueError(f"max_candidates must be >= 1, got {max_candidates}")
+        cfg = model.config
+        if getattr(cfg, "final_logit_softcapping", None):
+            raise ValueError("SASA decoding takes the next-token scores from the LM head directly and does not apply "
+                             "final_logit_softcapping (Gemma 2/3); such models are not supported")
+        if str(getattr(cfg, "_attn_implementation", "") or "").startswith("flash"):
+            raise ValueError("SASA decoding needs an attention implementation that honours 4D masks (eager or sdpa); "
+                             f"this model uses {cfg._attn_implementation}")
         self.model = model
         self.base, self.head = _decoder_and_head(model)
         p = next(model.parameters())
@@ -191,7 +198,9 @@ class SASADecoder:
                 margins_out.append(torch.where(is_cand, margins[rows, idx], float("nan")))
             self._keep_chosen(cache, t, idx)
             attn = torch.cat([attn, attn.new_ones(b, 1)], dim=1)
-            if self.outside == "keep" and not bool(is_cand.all()):  # host sync only in this mode
+            # rows that are still running and sampled a token outside their candidates need its own
+            # forward (finished rows only emit padding); a host sync, in this mode only
+            if self.outside == "keep" and bool((~is_cand & unfinished.bool()).any()):
                 self.fallback_steps += 1
                 for layer in cache.layers:
                     layer.keys, layer.values = layer.keys[:, :, :t], layer.values[:, :, :t]
