@@ -218,6 +218,15 @@ def test_jsonl_round_trip_provenance_and_malformed_lines(tiny, shared_parts, tmp
     # a second run with other settings refuses to mix them into the same work directory
     with pytest.raises(SystemExit, match="other settings"):
         run_rewrite(str(inp), str(out), _cfg(tiny, seed=1), progress=False, _rewriter=rw)
+    # ... and so does another --max-chars (it decides which lines count, hence the text numbering)
+    with pytest.raises(SystemExit, match="other settings or input"):
+        run_rewrite(str(inp), str(out), rw.cfg, progress=False, _rewriter=rw, max_chars=10)
+    # ... and an edited input of the same size
+    data = inp.read_bytes()
+    inp.write_bytes(data.replace(b"src", b"SRC", 1))
+    with pytest.raises(SystemExit, match="other settings or input"):
+        run_rewrite(str(inp), str(out), rw.cfg, progress=False, _rewriter=rw)
+    inp.write_bytes(data)
     # ... and so does a changed input file under the same name
     with open(inp, "a") as f:
         f.write(json.dumps({"text": "one more"}) + "\n")

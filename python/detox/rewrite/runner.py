@@ -147,11 +147,29 @@ def iter_shards(path, fmt, text_field, malformed, limit, size, max_chars):
         yield shard
 
 
+def _fingerprint(path: str, span: int = 1 << 20) -> str:
+    """A cheap identity of the input: SHA-256 of its size, first and last MiB (an edited input of the
+    same size is refused on resume, without reading a large corpus whole)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    size = os.path.getsize(path)
+    h.update(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(span))
+        if size > span:
+            f.seek(max(span, size - span))
+            h.update(f.read(span))
+    return h.hexdigest()[:16]
+
+
 def _check_meta(work: str, meta: dict, overwrite: bool) -> None:
     path = os.path.join(work, "meta.json")
     if os.path.exists(path) and not overwrite:
         old = json.load(open(path))
-        if any(old.get(k) != meta[k] for k in ("key", "input", "input_bytes", "text_field", "format")):
+        # max_chars decides which lines are valid records, so it fixes the text numbering too
+        if any(old.get(k) != meta[k] for k in ("key", "input", "input_bytes", "input_sha", "text_field", "format",
+                                                  "max_chars")):
             raise SystemExit(
                 f"error: {work} holds a run with other settings or input (key {old.get('key')} vs {meta['key']}, "
                 f"input {old.get('input')} of {old.get('input_bytes')} bytes); "
@@ -180,7 +198,7 @@ def run_rewrite(input_path: str, out: str, cfg: RewriteConfig, *, fmt: str | Non
     fmt = detect_format(input_path, fmt)
     work = work_dir_for(out)
     meta = {"key": cfg.key(), "input": os.path.abspath(input_path), "input_bytes": os.path.getsize(input_path),
-            "format": fmt, "text_field": text_field,
+            "input_sha": _fingerprint(input_path), "format": fmt, "text_field": text_field, "max_chars": max_chars,
             "limit": limit, "config": asdict(cfg)}
     _check_meta(work, meta, overwrite)
     store = PartStore(work)
