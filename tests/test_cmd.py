@@ -281,6 +281,10 @@ def test_training_resumes_from_a_checkpoint(cmd_run, tmp_path):
     full = train_cmd(data, cmd_run["base"], str(tmp_path / "full"), cfg, progress=False)
     assert train_cmd(data, cmd_run["base"], str(tmp_path / "split"), cfg, progress=False, stop_after=3) is None
     assert os.path.isdir(tmp_path / "split" / "checkpoints" / "checkpoint-3")
+    # a kill during the next save leaves a checkpoint folder without its trainer_state.json
+    torn = tmp_path / "split" / "checkpoints" / "checkpoint-5"
+    torn.mkdir()
+    (torn / "adapter_config.json").write_text("{")
     split = train_cmd(data, cmd_run["base"], str(tmp_path / "split"), cfg, progress=False)
     hist = json.load(open(os.path.join(split, "cmd_training.json")))["log_history"]
     ref = json.load(open(os.path.join(full, "cmd_training.json")))["log_history"]

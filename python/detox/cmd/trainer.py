@@ -207,13 +207,31 @@ def _lora(model, cfg: CMDTrainConfig):
                                             target_modules=list(cfg.lora_target_modules), task_type="CAUSAL_LM"))
 
 
+def _last_complete_checkpoint(ck_dir: str) -> str | None:
+    """The newest ``checkpoint-N`` whose save finished. The Trainer writes a checkpoint folder in
+    place and ``trainer_state.json`` last, so a run killed while saving leaves a folder without a
+    readable state: it is skipped (and reported) instead of crashing the resume."""
+    if not os.path.isdir(ck_dir):
+        return None
+    found = []
+    for name in os.listdir(ck_dir):
+        if name.startswith("checkpoint-") and name[len("checkpoint-"):].isdigit():
+            found.append((int(name[len("checkpoint-"):]), os.path.join(ck_dir, name)))
+    for _, path in sorted(found, reverse=True):
+        try:
+            with open(os.path.join(path, "trainer_state.json")) as f:
+                json.load(f)
+            return path
+        except (OSError, ValueError):
+            print(f"skipping the incomplete checkpoint {path} (its save was interrupted)")
+    return None
+
+
 def train_cmd(data, model, out_dir: str, cfg: CMDTrainConfig | None = None, *, progress: bool = True,
               stop_after: int | None = None) -> str | None:
     """Train ``model`` (a name / path, or a ``(model, tokenizer)`` pair) on CMD data; resumes from the
     last checkpoint in ``out_dir``. ``stop_after`` ends the run after that global step (to test
     resuming) and returns None. Returns ``out_dir`` with the final (merged) model."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     from ..models import load_causal_lm
 
     cfg = cfg or CMDTrainConfig()
@@ -243,7 +261,7 @@ def train_cmd(data, model, out_dir: str, cfg: CMDTrainConfig | None = None, *, p
     trainer = CMDTrainer(model=m, args=args, train_dataset=rows, processing_class=tok,
                          data_collator=CMDCollator(tok, cfg.max_length, cfg.max_negatives, cfg.contrastive_weight > 0),
                          cmd_config=cfg, callbacks=callbacks)
-    last = get_last_checkpoint(ck_dir) if os.path.isdir(ck_dir) else None
+    last = _last_complete_checkpoint(ck_dir)
     if last:
         print(f"resuming from {last}")
     trainer.train(resume_from_checkpoint=last)
