@@ -345,6 +345,16 @@ def test_finetune_on_rewritten_corpus(tiny, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.load(open(tmp_path / "eval" / "results.json"))
     assert "none" in json.dumps(res)
+    # a Parquet corpus (what `detox rewrite --out x.parquet` writes) is read as a table, not as text
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": list(range(len(TEXTS))), "text": TEXTS}), tmp_path / "rw.parquet")
+    r = subprocess.run([sys.executable, "-m", "detox.cli", "finetune", "--data", str(tmp_path / "rw.parquet"),
+                        "--model", base, "--out", str(tmp_path / "ft-pq"), "--steps", "1", "--batch-size", "2",
+                        "--lora"], env=_env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"({len(TEXTS)} texts)" in r.stdout
     r = subprocess.run([sys.executable, "-m", "detox.cli", "finetune", "--data", str(tmp_path / "missing.jsonl"),
                         "--out", str(out)], env=_env(), capture_output=True, text=True)
     assert r.returncode == 2 and "not found" in r.stderr

@@ -61,14 +61,25 @@ def cmd_finetune(args) -> int:
     if not os.path.exists(args.data):
         print(f"error: training data not found: {args.data}", file=sys.stderr)
         return 2
-    texts = [p.text for p in read_prompts(args.data, field=args.text_field)]
+    from .corpus import Malformed, detect_format, iter_records
+
+    if detect_format(args.data) == "parquet" or args.data.lower().endswith(".ndjson"):
+        # the formats `detox rewrite` writes beyond JSONL / text: read them as rewrite reads its input
+        bad = Malformed()
+        texts = [r.text for r in iter_records(args.data, text_field=args.text_field or "text", malformed=bad)]
+        if bad.lines:
+            print(bad.summary(args.data), file=sys.stderr)
+    else:
+        texts = [p.text for p in read_prompts(args.data, field=args.text_field)]
     if not texts:
         print(f"error: no texts in {args.data}", file=sys.stderr)
         return 2
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, max_length=args.max_length, lr=args.lr,
                       lora=args.lora, lora_r=args.lora_r, lora_alpha=args.lora_alpha, save_every=args.save_every,
                       seed=args.seed)
-    model, tok = load_causal_lm(args.model)
+    import torch
+
+    model, tok = load_causal_lm(args.model, device="cuda" if torch.cuda.is_available() else "cpu")
     print(f"fine-tuning {args.model} on {args.data} ({len(texts)} texts): {cfg.steps} steps, batch {cfg.batch_size}, "
           f"lr {cfg.lr}, {'LoRA' if cfg.lora else 'full'} -> {args.out}")
     train_causal_lm(model, tok, texts, args.out, cfg, data_description=f"{args.data} ({len(texts)} texts)")
