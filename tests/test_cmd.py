@@ -220,10 +220,16 @@ def test_collator_labels_only_after_the_marker_and_marks_the_positive(cmd_run):
 
 
 def test_training_logs_both_losses_and_lowers_the_lm_loss(cmd_run):
-    hist = json.load(open(os.path.join(cmd_run["out"], "cmd_training.json")))["log_history"]
+    info = json.load(open(os.path.join(cmd_run["out"], "cmd_training.json")))
+    hist = info["log_history"]
     steps = [h for h in hist if "lm_loss" in h]
     assert len(steps) == 40
     assert any(h["contrastive_loss"] > 0 for h in steps)
+    # the optimised objective is exactly LM + 0.5 x contrastive (cmd.md), step by step (parts logged to 4 digits)
+    w = info["config"]["contrastive_weight"]
+    assert w == 0.5
+    for h in steps:
+        assert h["loss"] == pytest.approx(h["lm_loss"] + w * h["contrastive_loss"], abs=2e-3), h
     lm = [h["lm_loss"] for h in steps]
     assert sum(lm[-5:]) / 5 < 0.5 * sum(lm[:5]) / 5
     assert os.path.exists(os.path.join(cmd_run["out"], "model.safetensors"))

@@ -183,7 +183,9 @@ class CMDTrainer(Trainer):
             z_neg_flat = _forward_pooled(model, cl["neg_ids"], cl["neg_attention"], cl["neg_pool"])
             G, K, H = rows.shape[0], self.cmd.max_negatives, z.shape[-1]
             z_neg = z_neg_flat.new_zeros(G * K, H).index_copy(0, cl["neg_slot"], z_neg_flat).view(G, K, H)
-            valid = torch.zeros(G * K, dtype=torch.bool, device=z.device).index_fill(0, cl["neg_slot"], True).view(G, K)
+            # a negative truncated to nothing (an over-long chain) pools to a zero vector: not a negative
+            has_tokens = cl["neg_pool"].bool().any(1)
+            valid = torch.zeros(G * K, dtype=torch.bool, device=z.device).index_copy(0, cl["neg_slot"], has_tokens).view(G, K)
             c_loss = contrastive_loss(z, z_pos, z_neg, valid, tau=self.cmd.tau)
             loss = lm + self.cmd.contrastive_weight * c_loss
         self._parts["lm"].append(lm.detach())
