@@ -169,6 +169,12 @@ def cmd_run(tmp_path_factory):
                    stop_after_chunks=1)
     assert len(open(root / "synth" / "records.jsonl").readlines()) == 4
     summary = synthesize(PROMPTS, str(root / "synth"), model=model, scorer=scorer, cfg=scfg, progress=False)
+    # resuming the directory with other prompts or settings is refused, not mixed in
+    with pytest.raises(SystemExit, match="other prompts or settings"):
+        synthesize(PROMPTS[::-1], str(root / "synth"), model=model, scorer=scorer, cfg=scfg, progress=False)
+    with pytest.raises(SystemExit, match="other prompts or settings"):
+        synthesize(PROMPTS, str(root / "synth"), model=model, scorer=scorer, progress=False,
+                   cfg=SynthesisConfig(**{**scfg.__dict__, "num_continuations": 5}))
     tcfg = CMDTrainConfig(steps=40, batch_size=4, lr=1e-2, lora=False, anchor_tokens=6, save_steps=20)
     out = train_cmd(str(root / "synth"), base, str(root / "trained"), tcfg, progress=False)
     return dict(root=root, base=base, scorer=scorer, summary=summary, out=out, tcfg=tcfg)
