@@ -303,6 +303,18 @@ def test_resume_after_kill_loses_and_duplicates_nothing(tiny, tmp_path):
     assert summary["texts_this_run"] == 40 - done_before
 
 
+def _same_up_to_rounding(x, y, rel=1e-5):
+    import math
+
+    if isinstance(x, float) or isinstance(y, float):
+        return isinstance(x, (int, float)) and isinstance(y, (int, float)) and math.isclose(x, y, rel_tol=rel, abs_tol=1e-9)
+    if isinstance(x, dict):
+        return isinstance(y, dict) and x.keys() == y.keys() and all(_same_up_to_rounding(x[k], y[k], rel) for k in x)
+    if isinstance(x, list):
+        return isinstance(y, list) and len(x) == len(y) and all(_same_up_to_rounding(u, v, rel) for u, v in zip(x, y))
+    return x == y
+
+
 def test_ray_engine_matches_local(tiny, shared_parts, tmp_path):
     pytest.importorskip("ray")
     inp = tmp_path / "in.jsonl"
@@ -315,7 +327,9 @@ def test_ray_engine_matches_local(tiny, shared_parts, tmp_path):
     assert (tmp_path / "ray.jsonl").read_text() == (tmp_path / "local.jsonl").read_text()
     a = [json.loads(x) for x in open(local["provenance"])]
     b = [json.loads(x) for x in open(dist["provenance"])]
-    assert a == b and len(a) == 8
+    # same texts, candidates and choices; scores equal up to float rounding (the Ray actors run the
+    # scorer and embedder with another thread count than this process, which changes the last bits)
+    assert len(a) == 8 and _same_up_to_rounding(a, b)
     assert dist["malformed"] == local["malformed"] == 5
     assert set(dist["timing_seconds"]) == {"generate", "score", "embed", "other"}
 
