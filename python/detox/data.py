@@ -42,12 +42,16 @@ class ReadReport:
         return s
 
 
-def _get(obj, dotted):
+def get_field(obj, dotted):
+    """``obj["a"]["b"]`` for ``dotted = "a.b"``; None where a level is missing or not a dict."""
     for part in dotted.split("."):
         if not isinstance(obj, dict) or part not in obj:
             return None
         obj = obj[part]
     return obj
+
+
+_get = get_field
 
 
 def detect_format(path: str) -> str:

@@ -42,12 +42,7 @@ class Labelled:
         return n1, len(self.labels) - n1
 
 
-def _get(obj, dotted):
-    for part in dotted.split("."):
-        if not isinstance(obj, dict) or part not in obj:
-            return None
-        obj = obj[part]
-    return obj
+from .data import get_field as _get  # noqa: E402
 
 
 def _toxigen_items(path: str, unit: str) -> list[str]:

@@ -52,12 +52,7 @@ def detect_format(path: str, fmt: str | None = None) -> str:
     return "text"
 
 
-def _get(obj, dotted):
-    for part in dotted.split("."):
-        if not isinstance(obj, dict) or part not in obj:
-            return None
-        obj = obj[part]
-    return obj
+from ..data import get_field as _get  # noqa: E402
 
 
 def _set(obj, dotted, value):
