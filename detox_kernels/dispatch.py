@@ -15,6 +15,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from . import _ext
+
 BACKEND_NAMES = ("cuda", "triton", "cpu", "reference")
 
 
@@ -79,4 +81,39 @@ SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 def dtype_reasons(t: torch.Tensor, dtypes=SUPPORTED_DTYPES) -> list[str]:
     if t.dtype not in dtypes:
         return [f"dtype {t.dtype} not supported (supported: {', '.join(str(d) for d in dtypes)})"]
+    return []
+
+
+# ---------------------------------------------------------------- shared availability reasons
+
+CUDA_NOT_BUILT = (
+    "detox_kernels._C was built without CUDA kernels (CPU-only torch or no CUDA toolkit at build time)"
+)
+
+
+def cuda_unavailable() -> str | None:
+    """Why the compiled CUDA backend cannot run in this installation (None if it can)."""
+    if _ext.has_cuda_kernels():
+        return None
+    if _ext.LOAD_ERROR:
+        return _ext.LOAD_ERROR
+    return CUDA_NOT_BUILT
+
+
+def cpu_unavailable() -> str | None:
+    """Why the compiled C++ CPU backend cannot run in this installation (None if it can)."""
+    return None if _ext.has_cpu_kernels() else _ext.LOAD_ERROR
+
+
+def triton_device_reasons(t: torch.Tensor, forced: bool = False) -> list[str]:
+    """Why the Triton backend cannot take a tensor on ``t``'s device: it runs on CUDA tensors,
+    and on CPU tensors only in Triton's interpreter (``TRITON_INTERPRET=1``) when forced."""
+    if t.device.type == "cpu":
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            return ["input is on cpu and TRITON_INTERPRET=1 is not set"]
+        if not forced:
+            return ["input is on cpu: the Triton interpreter is for testing, force it with DETOX_BACKEND=triton"]
+        return []
+    if t.device.type != "cuda":
+        return [f"input is on {t.device.type}, Triton runs on cuda"]
     return []

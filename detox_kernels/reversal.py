@@ -8,12 +8,19 @@ backend (CUDA, Triton, C++ CPU, float64 reference) through :mod:`detox_kernels.d
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 
 from . import _ext
-from .dispatch import Backend, device_reasons, dtype_reasons, select
+from .dispatch import (
+    Backend,
+    cpu_unavailable,
+    cuda_unavailable,
+    device_reasons,
+    dtype_reasons,
+    select,
+    triton_device_reasons,
+)
 from .reference.reversal import reverse_toxification_reference
 
 try:
@@ -46,13 +53,7 @@ def _compiled_reasons(device_type):
 
 def _triton_reasons(o, forced=False):
     r = dtype_reasons(o)
-    if o.device.type == "cpu":
-        if os.environ.get("TRITON_INTERPRET") != "1":
-            r.append("input is on cpu and TRITON_INTERPRET=1 is not set")
-        elif not forced:
-            r.append("input is on cpu: the Triton interpreter is for testing, force it with DETOX_BACKEND=triton")
-    elif o.device.type != "cuda":
-        r.append(f"input is on {o.device.type}, Triton runs on cuda")
+    r += triton_device_reasons(o, forced)
     _, h, d = o.shape
     if _triton_reversal is not None and _triton_reversal.AVAILABLE:
         import triton
@@ -62,18 +63,10 @@ def _triton_reasons(o, forced=False):
     return r
 
 
-def _cuda_unavailable():
-    if _ext.has_cuda_kernels():
-        return None
-    if _ext.LOAD_ERROR:
-        return _ext.LOAD_ERROR
-    return "detox_kernels._C was built without CUDA kernels (CPU-only torch or no CUDA toolkit at build time)"
-
-
 BACKENDS = (
-    Backend("cuda", _run_compiled, _cuda_unavailable, _compiled_reasons("cuda")),
+    Backend("cuda", _run_compiled, cuda_unavailable, _compiled_reasons("cuda")),
     Backend("triton", _run_triton, lambda: _TRITON_REASON, _triton_reasons),
-    Backend("cpu", _run_compiled, lambda: None if _ext.has_cpu_kernels() else _ext.LOAD_ERROR, _compiled_reasons("cpu")),
+    Backend("cpu", _run_compiled, cpu_unavailable, _compiled_reasons("cpu")),
     Backend("reference", _run_reference, lambda: None, lambda o, forced=False: []),
 )
 

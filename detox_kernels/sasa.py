@@ -9,12 +9,18 @@ allocates the margins and picks a backend (CUDA, Triton, C++ CPU, float64 refere
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from . import _ext
-from .dispatch import Backend, device_reasons, dtype_reasons, select
+from .dispatch import (
+    Backend,
+    cpu_unavailable,
+    cuda_unavailable,
+    device_reasons,
+    dtype_reasons,
+    select,
+    triton_device_reasons,
+)
 from .reference.sasa import MODES, sasa_reweight_reference
 
 try:
@@ -54,22 +60,8 @@ def _triton_reasons(logits, hidden, forced=False):
     r = dtype_reasons(logits) + [f"hidden: {x}" for x in dtype_reasons(hidden)]
     if hidden.shape[1] > _triton_sasa.MAX_K if _TRITON_REASON is None else False:
         r.append(f"more than {_triton_sasa.MAX_K} candidates per row")
-    if logits.device.type == "cpu":
-        if os.environ.get("TRITON_INTERPRET") != "1":
-            r.append("input is on cpu and TRITON_INTERPRET=1 is not set")
-        elif not forced:
-            r.append("input is on cpu: the Triton interpreter is for testing, force it with DETOX_BACKEND=triton")
-    elif logits.device.type != "cuda":
-        r.append(f"input is on {logits.device.type}, Triton runs on cuda")
+    r += triton_device_reasons(logits, forced)
     return r
-
-
-def _cuda_unavailable():
-    if _ext.has_cuda_kernels():
-        return None
-    if _ext.LOAD_ERROR:
-        return _ext.LOAD_ERROR
-    return "detox_kernels._C was built without CUDA kernels (CPU-only torch or no CUDA toolkit at build time)"
 
 
 CUDA_MAX_K = 4096  # the CUDA kernel keeps a row's K margins and ids in shared memory
@@ -83,9 +75,9 @@ def _cuda_reasons(logits, hidden, forced=False):
 
 
 BACKENDS = (
-    Backend("cuda", _run_compiled, _cuda_unavailable, _cuda_reasons),
+    Backend("cuda", _run_compiled, cuda_unavailable, _cuda_reasons),
     Backend("triton", _run_triton, lambda: _TRITON_REASON, _triton_reasons),
-    Backend("cpu", _run_compiled, lambda: None if _ext.has_cpu_kernels() else _ext.LOAD_ERROR, _compiled_reasons("cpu")),
+    Backend("cpu", _run_compiled, cpu_unavailable, _compiled_reasons("cpu")),
     Backend("reference", _run_reference, lambda: None, lambda logits, hidden, forced=False: []),
 )
 

@@ -8,13 +8,20 @@ Semantics: ``../shared/specs/socd.md``; the kernel contract is in
 
 from __future__ import annotations
 
-import os
 from typing import NamedTuple
 
 import torch
 
 from . import _ext
-from .dispatch import Backend, device_reasons, dtype_reasons, select
+from .dispatch import (
+    Backend,
+    cpu_unavailable,
+    cuda_unavailable,
+    device_reasons,
+    dtype_reasons,
+    select,
+    triton_device_reasons,
+)
 from .reference.socd import DIVERGENCES, socd_reference
 
 try:  # the Triton backend imports without triton installed and then reports why it is unavailable
@@ -87,29 +94,13 @@ def _compiled_reasons(device_type):
 
 
 def _triton_reasons(base, toxic, forced=False):
-    r = dtype_reasons(base)
-    if base.device.type == "cpu":
-        if os.environ.get("TRITON_INTERPRET") != "1":
-            r.append("input is on cpu and TRITON_INTERPRET=1 is not set")
-        elif not forced:
-            r.append("input is on cpu: the Triton interpreter is for testing, force it with DETOX_BACKEND=triton")
-    elif base.device.type != "cuda":
-        r.append(f"input is on {base.device.type}, Triton runs on cuda")
-    return r
-
-
-def _cuda_unavailable():
-    if _ext.has_cuda_kernels():
-        return None
-    if _ext.LOAD_ERROR:
-        return _ext.LOAD_ERROR
-    return "detox_kernels._C was built without CUDA kernels (CPU-only torch or no CUDA toolkit at build time)"
+    return dtype_reasons(base) + triton_device_reasons(base, forced)
 
 
 BACKENDS = (
-    Backend("cuda", _run_compiled, _cuda_unavailable, _compiled_reasons("cuda")),
+    Backend("cuda", _run_compiled, cuda_unavailable, _compiled_reasons("cuda")),
     Backend("triton", _run_triton, lambda: _TRITON_REASON, _triton_reasons),
-    Backend("cpu", _run_compiled, lambda: None if _ext.has_cpu_kernels() else _ext.LOAD_ERROR, _compiled_reasons("cpu")),
+    Backend("cpu", _run_compiled, cpu_unavailable, _compiled_reasons("cpu")),
     Backend("reference", _run_reference, lambda: None, lambda base, toxic, forced=False: []),
 )
 
