@@ -3,8 +3,9 @@
 Each actor loads the models once and rewrites one shard per call (the same ``Rewriter.rewrite``
 as the local engine, on the same shards, so the output is identical for the same seed). GPU
 actors (``num_gpus=1``) are used when the cluster has GPUs. The driver streams the input in
-windows of ``window`` shards, so its memory does not grow with the corpus; results are written
-to the same resumable part files as the local engine, each window sorted by text index.
+windows of ``window`` shards, so its memory does not grow with the corpus; each shard's results
+are written as soon as it arrives, to the same resumable part files as the local engine (a shard
+that arrives out of order starts a new part, so that every part stays sorted by text index).
 """
 
 from __future__ import annotations
@@ -85,14 +86,13 @@ def run_on_ray(shards, store, cfg, bar, *, workers: int = 2, window: int = 64, a
                                 compute=ray.data.ActorPoolStrategy(size=max(1, min(workers, len(win)))),
                                 num_cpus=0 if gpus else 1,
                                 num_gpus=1 if gpus else 0)
-            results = []
             for row in ds.iter_rows():
                 d = json.loads(row["result"])
-                results.extend(d["results"])
+                # persisted as each shard arrives: a kill loses only the shards still running
+                written += store.append(d["results"])
                 for k, v in d["timing"].items():
                     timing[k] += v
-                bar.update(sum(1 for r in d["results"]))
-            written += store.append(results)
+                bar.update(len(d["results"]))
     finally:
         if started:
             ray.shutdown()

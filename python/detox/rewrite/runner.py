@@ -57,28 +57,27 @@ def work_dir_for(out: str) -> str:
     return out + ".hspd"
 
 
-def _repair_part(path: str) -> Iterator[int]:
-    """Indices in a part file; a torn or corrupt tail is cut off the file first."""
-    with open(path, "rb") as f:
-        data = f.read()
-    good = 0
+def _repair_part(path: str) -> list[int]:
+    """Indices in a part file, read a line at a time (memory does not grow with the file); a torn
+    or corrupt tail is cut off the file first."""
     idx = []
-    pos = 0
-    while True:
-        nl = data.find(b"\n", pos)
-        if nl < 0:
-            break
-        try:
-            idx.append(json.loads(data[pos:nl])["index"])
-        except (ValueError, KeyError, TypeError):
-            break
-        good = pos = nl + 1
-    if good != len(data):
+    good = 0
+    with open(path, "rb") as f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                break
+            try:
+                idx.append(json.loads(line)["index"])
+            except (ValueError, KeyError, TypeError):
+                break
+            good += len(line)
+        size = os.fstat(f.fileno()).st_size
+    if good != size:
         with open(path, "r+b") as f:
             f.truncate(good)
             f.flush()
             os.fsync(f.fileno())
-        print(f"note: cut a torn tail of {len(data) - good} bytes off {path} (an interrupted write)", file=sys.stderr)
+        print(f"note: cut a torn tail of {size - good} bytes off {path} (an interrupted write)", file=sys.stderr)
     return idx
 
 
@@ -92,9 +91,18 @@ class PartStore:
             for i in _repair_part(name):
                 if not self.done.add(i):
                     self.dupes += 1
+        self.f = None
+        self._new_part()
+
+    def _new_part(self) -> None:
+        """Appends go to a fresh part file (each part is sorted by index: see :meth:`merged`)."""
+        self.close()
         n = len(self.part_files())
         self.path = os.path.join(self.dir, f"part-{n:05d}.jsonl")
-        self.f = None
+        while os.path.exists(self.path):
+            n += 1
+            self.path = os.path.join(self.dir, f"part-{n:05d}.jsonl")
+        self.last = -1
 
     def part_files(self) -> list[str]:
         return sorted(os.path.join(self.dir, p) for p in os.listdir(self.dir) if p.startswith("part-") and
@@ -104,6 +112,9 @@ class PartStore:
         new = [r for r in sorted(results, key=lambda r: r["index"]) if r["index"] not in self.done]
         if not new:
             return 0
+        if new[0]["index"] < self.last:
+            # results out of order (a Ray shard that finished early): a new part keeps each part sorted
+            self._new_part()
         if self.f is None:
             self.f = open(self.path, "ab")
         self.f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in new).encode("utf-8"))
@@ -111,6 +122,7 @@ class PartStore:
         os.fsync(self.f.fileno())
         for r in new:
             self.done.add(r["index"])
+        self.last = new[-1]["index"]
         return len(new)
 
     def close(self):
