@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import os
 
 import pytest
 import torch
@@ -14,26 +13,12 @@ from detox_kernels import reverse_toxification_
 from detox_kernels.dispatch import BackendUnavailableError
 from detox_kernels.reference.reversal import reverse_toxification_reference as reference
 
+from backends import available_backends
+
 rev_module = importlib.import_module("detox_kernels.reversal")
 
 
-def available_backends():
-    names = []
-    for b in rev_module.BACKENDS:
-        if b.unavailable_reason() is not None or b.name == "reference":
-            continue
-        if b.name == "cuda" and not torch.cuda.is_available():
-            continue
-        if b.name == "triton" and not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-            continue
-        names.append(b.name)
-    only = os.environ.get("DETOX_TEST_BACKENDS")
-    if only:
-        names = [n for n in names if n in only.split(",")]
-    return names
-
-
-BACKENDS = available_backends()
+BACKENDS = available_backends(rev_module)
 DEVICE = {"cuda": "cuda", "triton": "cuda" if torch.cuda.is_available() else "cpu", "cpu": "cpu", "reference": "cpu"}
 # (B, H, D): odd sizes, SmolLM2 (9 x 64), GPT-2 (12 x 64), Llama-7B (32 x 128), Gemma-3-270M (4 x 256)
 SIZES = ((1, 1, 1), (3, 5, 17), (2, 7, 33), (1, 9, 64), (5, 9, 64), (4, 12, 64), (2, 32, 128), (3, 4, 256), (64, 9, 64))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import itertools
-import os
 
 import pytest
 import torch
@@ -14,28 +13,13 @@ from detox_kernels import sasa_reweight
 from detox_kernels.dispatch import BackendUnavailableError
 from detox_kernels.reference import sasa_reweight_reference
 
+from backends import available_backends
 from sasa_check import check_against_reference, make_sasa_inputs
 
 sasa_module = importlib.import_module("detox_kernels.sasa")
 
 
-def available_backends():
-    names = []
-    for b in sasa_module.BACKENDS:
-        if b.unavailable_reason() is not None or b.name == "reference":
-            continue
-        if b.name == "cuda" and not torch.cuda.is_available():
-            continue
-        if b.name == "triton" and not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-            continue
-        names.append(b.name)
-    only = os.environ.get("DETOX_TEST_BACKENDS")
-    if only:
-        names = [n for n in names if n in only.split(",")]
-    return names
-
-
-BACKENDS = available_backends()
+BACKENDS = available_backends(sasa_module)
 GPU = torch.cuda.is_available()
 DEVICE = {"cuda": "cuda", "triton": "cuda" if GPU else "cpu", "cpu": "cpu"}
 # (B, K, D, V): odd sizes and the real ones (SmolLM2: D 576, V 49152; Qwen-size V 151936)

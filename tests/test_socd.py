@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import importlib
 import itertools
-import os
 import subprocess
 import sys
 
@@ -17,29 +16,13 @@ from detox_kernels import socd
 from detox_kernels.dispatch import BackendUnavailableError
 from detox_kernels.reference import DIVERGENCES
 
+from backends import available_backends
 from socd_check import check_against_reference, make_logits
 
 socd_module = importlib.import_module("detox_kernels.socd")
 
 
-def available_backends():
-    names = []
-    for b in socd_module.BACKENDS:
-        if b.unavailable_reason() is not None:
-            continue
-        if b.name == "cuda" and not torch.cuda.is_available():
-            continue
-        if b.name == "triton" and not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-            continue
-        if b.name != "reference":
-            names.append(b.name)
-    only = os.environ.get("DETOX_TEST_BACKENDS")  # e.g. "cpu,triton": restrict the backends under test
-    if only:
-        names = [n for n in names if n in only.split(",")]
-    return names
-
-
-BACKENDS = available_backends()
+BACKENDS = available_backends(socd_module)
 DEVICE = {"cuda": "cuda", "triton": "cuda" if torch.cuda.is_available() else "cpu", "cpu": "cpu"}
 SETTINGS = {
     "paper": dict(k_rounding="ceil", subtract="abs", k_max=None),
