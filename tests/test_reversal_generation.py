@@ -60,9 +60,10 @@ class _Naive:
     projection input at the last position; the write pass runs incrementally with its own cache and
     applies the float64 reference update at the last position of each selected layer."""
 
-    def __init__(self, model, sites, heads, dim, layers, neg_ids, pos_ids, **kw):
+    def __init__(self, model, sites, heads, dim, layers, neg_ids, pos_ids, read_skip=0, **kw):
         self.model, self.sites, self.h, self.d, self.layers = model, sites, heads, dim, layers
         self.neg_ids, self.pos_ids, self.kw = neg_ids, pos_ids, kw
+        self.read_skip = read_skip  # tokens of the context left out of the read pass (the prompt's BOS)
         self.e_neg = self._capture(neg_ids)
 
     def _capture(self, ids):
@@ -91,7 +92,7 @@ class _Naive:
             handles.append(self.sites[i].module.register_forward_pre_hook(hook))
         try:
             for s in range(len(generated) + 1):
-                ctx = prompt + generated[:s]
+                ctx = (prompt + generated[:s])[self.read_skip:]
                 for h in handles:  # capture without the apply hooks
                     h.remove()
                 pos, neg = self._capture(self.pos_ids + ctx), self._capture(self.neg_ids + ctx)
@@ -116,8 +117,8 @@ class _Naive:
         return torch.stack(out)
 
 
-def _generate(model, tok, prompts, rev=None, new=5, **kw):
-    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+def _generate(model, tok, prompts, rev=None, new=5, special=False, **kw):
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=special)
     args = dict(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], max_new_tokens=new,
                 min_new_tokens=new, return_dict_in_generate=True, output_logits=True, pad_token_id=0)
     args.update(kw)
@@ -149,6 +150,40 @@ def test_hooks_match_hand_written_per_layer_computation(arch, layers):
         torch.testing.assert_close(got[b], want, atol=2e-4, rtol=1e-4)
     # and the method really changed something
     assert (torch.stack(plain.logits, 1) - got).abs().max() > 1e-2
+
+
+def _bos_adding(tok):
+    from tokenizers import processors
+
+    tok._tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    assert tok("hate")["input_ids"][0] == 1
+    return tok
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma"])
+def test_bos_adding_tokenizer_reads_bos_prefix_prompt(arch):
+    """For a tokenizer that adds BOS, the read pass is BOS + prefix + prompt (without the prompt's
+    own BOS), e_neg is taken from BOS + negative prefix, and the write pass is generate's own
+    BOS + prompt; checked against the hand-written computation, with ragged (left-padded) prompts."""
+    model, tok = _tiny(arch)
+    tok = _bos_adding(tok)
+    kw = dict(norm_exp=0.4, sim_exp=0.6, renorm=True)
+    rev = ToxificationReversal(model, tok, neg_prefix=NEG, pos_prefix=POS, backend="cpu", **kw)
+    assert rev.bos_id == 1 and rev.neg_ids[0, 0].item() == 1
+    enc, out = _generate(model, tok, PROMPTS, rev, special=True)
+    sites, h, d = find_head_output_sites(model)
+    naive = _Naive(model, sites, h, d, rev.layers, [1] + _ids(tok, NEG), [1] + _ids(tok, POS), read_skip=1, **kw)
+    got = torch.stack(out.logits, dim=1)
+    lp = enc["input_ids"].shape[1]
+    for b, prompt in enumerate(PROMPTS):
+        gen = out.sequences[b, lp:].tolist()
+        want = naive.logits([1] + _ids(tok, prompt), gen[:-1])
+        torch.testing.assert_close(got[b], want, atol=2e-4, rtol=1e-4)
+    # the old layout (prefix + BOS + prompt) gives other logits: the test can tell them apart
+    old = _Naive(model, sites, h, d, rev.layers, _ids(tok, NEG), _ids(tok, POS), **kw)
+    b = 0
+    gen = out.sequences[b, lp:].tolist()
+    assert (old.logits([1] + _ids(tok, PROMPTS[b]), gen[:-1]) - got[b]).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "mistral", "gemma", "gemma3"])

@@ -17,7 +17,10 @@ forward of the model is preceded by the read pass:
 ``e_neg`` (the head output at the last token of the negative prefix alone) is computed once.
 No host synchronisation and no loop over rows per step; the loop is over the selected layers.
 The prefixes are tokenized on their own (no special tokens) and put before the prompt's tokens.
-Identical prefixes give ``δ = 0`` and reproduce plain generation exactly.
+For a tokenizer that adds a BOS token (Llama 3, Gemma, Mistral) the prefixed rows start with BOS
+(``BOS + prefix + prompt``): the prompt's own leading BOS is masked out of the read pass, without
+moving any tensor to the host. Identical prefixes give ``δ = 0`` and reproduce plain generation
+exactly.
 """
 
 from __future__ import annotations
@@ -122,6 +125,15 @@ def parse_layers(spec, num_layers: int) -> list[int]:
     return sorted(res)
 
 
+def _added_bos(tokenizer) -> int | None:
+    """The BOS id if the tokenizer puts one before a text by itself, else None."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return None
+    ids = tokenizer("a")["input_ids"]
+    return bos if ids and ids[0] == bos else None
+
+
 class ToxificationReversal:
     """Toxification Reversal around ``model.generate`` (see the module docstring).
 
@@ -148,6 +160,9 @@ class ToxificationReversal:
         pos = tokenizer(pos_prefix, add_special_tokens=False)["input_ids"] if pos_prefix else []
         if not neg:
             raise ValueError("toxification reversal: the negative prefix is empty")
+        self.bos_id = _added_bos(tokenizer)
+        if self.bos_id is not None:  # BOS + prefix + prompt (the prompt's own BOS is masked out in _read)
+            neg, pos = [self.bos_id] + neg, [self.bos_id] + pos
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
         p = max(len(neg), len(pos))
         ids = torch.full((2, p), pad, dtype=torch.long)
@@ -161,6 +176,7 @@ class ToxificationReversal:
         self.delta: dict[int, torch.Tensor] = {}
         self._mode = None  # None | "e_neg" | "capture" | "apply"
         self._cache = None
+        self._drop = None  # [n, prompt length] bool: the prompt's leading BOS, masked out of the read pass
         self._handles = []
         self._run = None
 
@@ -214,6 +230,15 @@ class ToxificationReversal:
     def _read(self, input_ids: torch.Tensor, mask: torch.Tensor, prefill: bool):
         n, t = input_ids.shape
         dev = input_ids.device
+        if self.bos_id is not None:
+            if prefill or self._cache is None:
+                first = mask.long().argmax(1, keepdim=True)  # the first real token (left padding)
+                is_bos = (input_ids.gather(1, first) == self.bos_id) & (mask.gather(1, first) != 0)
+                self._drop = torch.zeros(mask.shape, dtype=torch.bool, device=mask.device).scatter_(1, first, is_bos)
+            drop = self._drop
+            if drop.shape[1] < mask.shape[1]:
+                drop = torch.nn.functional.pad(drop, (0, mask.shape[1] - drop.shape[1]))
+            mask = mask.masked_fill(drop, 0)
         p = self.prefix_ids.shape[1]
         pm = self.prefix_mask.to(dev)[:, None, :].expand(2, n, p).reshape(2 * n, p)
         full = torch.cat([pm, mask.to(dtype=pm.dtype).repeat(2, 1)], dim=1)
@@ -260,6 +285,7 @@ class ToxificationReversal:
             self._handles = []
             self._mode = None
             self._cache = None
+            self._drop = None
             self._run = None
             self.delta = {}
 
