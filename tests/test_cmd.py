@@ -282,6 +282,29 @@ def test_the_harness_scores_only_the_generation(cmd_run):
     assert r["methods"]["cmd"]["summary"]["tp_rate"]["mean"] == pytest.approx(float((scores > 0.5).mean()))
 
 
+def test_over_long_samples_are_skipped_and_reported(cmd_run, tmp_path, capsys):
+    from dataclasses import replace
+
+    from detox.cmd.trainer import load_cmd_data, split_too_long, train_cmd
+    from transformers import AutoTokenizer
+
+    data = str(cmd_run["root"] / "synth")
+    rows = load_cmd_data(data)
+    tok = AutoTokenizer.from_pretrained(cmd_run["base"])
+    lens = sorted(len(tok(r["text"])["input_ids"]) for r in rows)
+    cut = lens[len(lens) // 2]
+    fit, long = split_too_long(rows, tok, cut)
+    assert len(fit) + len(long) == len(rows) and long and fit
+    assert all(len(tok(r["text"])["input_ids"]) > cut for r in long)
+    cfg = replace(cmd_run["tcfg"], steps=1, save_steps=10, max_length=cut)
+    out = train_cmd(data, cmd_run["base"], str(tmp_path / "t"), cfg, progress=False)
+    assert f"skipping {len(long)} of {len(rows)} samples" in capsys.readouterr().out
+    info = json.load(open(os.path.join(out, "cmd_training.json")))
+    assert info["samples"] == len(fit) and info["skipped_too_long"] == [r["index"] for r in long]
+    with pytest.raises(ValueError, match="longer than max_length"):
+        train_cmd(data, cmd_run["base"], str(tmp_path / "u"), replace(cfg, max_length=lens[0] - 1), progress=False)
+
+
 def test_training_resumes_from_a_checkpoint(cmd_run, tmp_path):
     from dataclasses import replace
 

@@ -84,6 +84,15 @@ def load_cmd_data(path: str) -> list[dict]:
     return rows
 
 
+def split_too_long(rows: list[dict], tokenizer, max_length: int) -> tuple[list[dict], list[dict]]:
+    """(rows that fit, rows whose chain is longer than ``max_length`` tokens). Truncating the latter
+    would cut the generation step, so their positive and LM target would be lost: they are skipped."""
+    fit, long = [], []
+    for r in rows:
+        (fit if len(tokenizer(r["text"])["input_ids"]) <= max_length else long).append(r)
+    return fit, long
+
+
 class CMDCollator:
     """Tokenises a batch: the chain (labels after the marker, positive-token mask) and, for the
     samples with negatives, the chain prefix (left-padded, for anchor sampling) and the
@@ -241,6 +250,13 @@ def train_cmd(data, model, out_dir: str, cfg: CMDTrainConfig | None = None, *, p
     m, tok = model if isinstance(model, tuple) else load_causal_lm(model)
     from transformers import set_seed
 
+    rows, too_long = split_too_long(rows, tok, cfg.max_length)
+    if too_long:
+        print(f"note: skipping {len(too_long)} of {len(rows) + len(too_long)} samples longer than --max-length "
+              f"{cfg.max_length} tokens (truncation would cut their generation step and positive), e.g. index "
+              f"{too_long[0].get('index', '?')}")
+    if not rows:
+        raise ValueError(f"every training text is longer than max_length = {cfg.max_length} tokens: raise it")
     set_seed(cfg.seed)  # the LoRA initialisation too: a resumed or repeated run starts from the same weights
     if cfg.lora:
         m = _lora(m, cfg)
@@ -279,5 +295,6 @@ def train_cmd(data, model, out_dir: str, cfg: CMDTrainConfig | None = None, *, p
         with open(os.path.join(out_dir, "cmd_training.json"), "w") as f:
             json.dump({"config": asdict(cfg), "data": data if isinstance(data, str) else f"{len(rows)} samples",
                        "samples": len(rows), "with_negatives": sum(1 for r in rows if r.get("negatives")),
+                       "skipped_too_long": [r.get("index") for r in too_long],
                        "log_history": hist}, f, indent=1)
     return out_dir

@@ -137,9 +137,9 @@ class Generator:
             from ..cmd.inference import generate_chain_batch, generate_guided_chain_batch
 
             run = generate_guided_chain_batch if self.config.cmd_guided else generate_chain_batch
-            return run(self, prompts, num_samples=num_samples, max_new_tokens=max_new_tokens,
-                                        top_p=top_p, temperature=temperature, do_sample=do_sample, seed=seed,
-                                        chain_tokens=self.config.cmd_chain_tokens)
+            return run(self, prompts, num_samples=num_samples, max_new_tokens=max_new_tokens, top_p=top_p,
+                       temperature=temperature, do_sample=do_sample, seed=seed,
+                       chain_tokens=self.config.cmd_chain_tokens)
         self.validate(prompts, max_new_tokens)
         tok = self.tokenizer
         enc = tok(prompts, return_tensors="pt", padding=True)
