@@ -19,11 +19,8 @@ Raw numbers go to a JSON file (``bench/results/reversal-<device>-<host>.json`` b
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 
@@ -36,6 +33,8 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 import detox_kernels  # noqa: E402
 from detox_kernels.reference.reversal import reverse_toxification_reference  # noqa: E402
+
+from common import env_info, measure_copy_bandwidth, op_backends, save_results, time_cpu, time_cuda  # noqa: E402
 
 rev_mod = sys.modules["detox_kernels.reversal"]
 
@@ -52,46 +51,8 @@ def eager_fp32(o, delta, e, norm_exp=0.4, sim_exp=0.6):
     return o
 
 
-def time_cpu(fn, repeats, min_time=0.2):
-    fn()
-    times, t_end = [], time.perf_counter() + min_time
-    while len(times) < repeats or time.perf_counter() < t_end:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-        if len(times) >= 20 * repeats:
-            break
-    return times
-
-
-def time_cuda(fn):
-    import triton.testing
-
-    return [t * 1e-3 for t in triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="all")]
-
-
-def measure_copy_bandwidth():
-    a = torch.empty(256 * 1024 * 1024 // 4, device="cuda")
-    b = torch.empty_like(a)
-    return 2 * a.numel() * 4 / statistics.median(time_cuda(lambda: b.copy_(a)))
-
-
-def git_commit():
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=HERE).stdout.strip()
-    except Exception:  # noqa: BLE001
-        return None
-
-
 def bench_op(args, dev, dtype, timer, peak):
-    backends = []
-    for b in rev_mod.BACKENDS:
-        if b.name == "reference" or b.unavailable_reason() is not None:
-            continue
-        if (dev == "cpu" and b.name in ("cuda", "triton")) or (dev == "cuda" and b.name == "cpu"):
-            continue
-        backends.append(b.name)
+    backends = op_backends(rev_mod, dev)
     rows = []
     for shape in args.shapes.split(","):
         h, d = (int(s) for s in shape.split("x"))
@@ -224,11 +185,10 @@ def main(argv=None):
     args.decode_batches = args.decode_batches or ("1,8" if dev == "cpu" else "1,8,32")
     args.steps = args.steps or (8 if dev == "cpu" else 32)
     dtype = getattr(torch, args.dtype)
-    timer = time_cuda if dev == "cuda" else (lambda fn: time_cpu(fn, args.repeats))
-    peak = measure_copy_bandwidth() if dev == "cuda" else None
-    info = {"device": torch.cuda.get_device_name(0) if dev == "cuda" else platform.processor() or platform.machine(),
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "commit": git_commit(), "dtype": args.dtype,
-            "copy_bandwidth_GBps": peak / 1e9 if peak else None}
+    # shorter GPU samples and more CPU samples than the other op benchmarks (decode-sized inputs)
+    timer = (lambda fn: time_cuda(fn, rep=100)) if dev == "cuda" else (lambda fn: time_cpu(fn, args.repeats, max_factor=20))
+    peak = measure_copy_bandwidth(rep=100) if dev == "cuda" else None
+    info = env_info(dev, peak, dtype=args.dtype)
     try:
         import triton
 
@@ -245,11 +205,7 @@ def main(argv=None):
         except ImportError as exc:  # transformers / tokenizers missing: keep the op numbers
             print(f"decode benchmark skipped: {exc}")
             result["decode_error"] = str(exc)
-    path = args.out or os.path.join(HERE, "results", f"reversal-{dev}-{platform.node() or 'host'}.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"raw results: {path}")
+    save_results(result, "reversal", dev, args.out)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,7 @@ of ``B*K`` logits. Raw numbers go to ``bench/results/sasa-<device>-<host>.json``
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 
@@ -25,7 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import detox_kernels  # noqa: E402
 from detox_kernels.reference import sasa_reweight_reference  # noqa: E402
 
-from bench_socd import git_commit, measure_copy_bandwidth, time_cpu, time_cuda  # noqa: E402
+from common import env_info, measure_copy_bandwidth, op_backends, save_results, time_cpu, time_cuda  # noqa: E402
 
 sasa_mod = sys.modules["detox_kernels.sasa"]
 
@@ -53,21 +51,10 @@ def main(argv=None):
     args = ap.parse_args(argv)
     dev = args.device
     dtype = getattr(torch, args.dtype)
-    backends = []
-    for b in sasa_mod.BACKENDS:
-        if b.name == "reference" or b.unavailable_reason() is not None:
-            continue
-        if (dev == "cpu" and b.name in ("cuda", "triton")) or (dev == "cuda" and b.name == "cpu"):
-            continue
-        backends.append(b.name)
-    if args.backends:
-        backends = [b for b in backends if b in args.backends.split(",")]
+    backends = op_backends(sasa_mod, dev, args.backends)
     timer = time_cuda if dev == "cuda" else (lambda fn: time_cpu(fn, args.repeats))
     peak = measure_copy_bandwidth() if dev == "cuda" else None
-    info = {"device": torch.cuda.get_device_name(0) if dev == "cuda" else platform.processor() or platform.machine(),
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "commit": git_commit(),
-            "dtype": args.dtype, "K": args.k, "V": args.vocab,
-            "copy_bandwidth_GBps": peak / 1e9 if peak else None}
+    info = env_info(dev, peak, dtype=args.dtype, K=args.k, V=args.vocab)
     print(f"# SASA re-weighting benchmark on {info['device']} ({dev}), torch {info['torch']}, {args.dtype}, "
           f"K={args.k}, V={args.vocab}, {info['threads']} threads")
     rows = []
@@ -101,12 +88,7 @@ def main(argv=None):
                 f"{n}: {'%.1f us' % (med[n] * 1e6) if dev == 'cuda' else 'x%.2f' % (med['reference'] / med[n])}"
                 + (f" ({med['eager-fp32'] / med[n]:.2f}x eager-fp32)" if n in backends else "") for n in med),
                 flush=True)
-    path = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                    f"sasa-{dev}-{platform.node() or 'host'}.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump({"info": info, "rows": rows}, f, indent=1)
-    print(f"raw results: {path}")
+    save_results({"info": info, "rows": rows}, "sasa", dev, args.out)
     if dev == "cpu":
         print("CPU numbers are speed-ups over the float64 reference measured in this run (x > 1 is faster).")
 

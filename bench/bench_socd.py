@@ -13,13 +13,9 @@ On a CPU only ratios mean something (shared, noisy machines); on a GPU absolute 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
-import time
 
 import torch
 
@@ -27,6 +23,16 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import detox_kernels  # noqa: E402
 from detox_kernels.reference import socd_reference  # noqa: E402
+
+from common import (  # noqa: E402  (bench/common.py; git_commit: bench_sasa_decode.py imports it from here)
+    env_info,
+    git_commit,  # noqa: F401
+    measure_copy_bandwidth,
+    op_backends,
+    save_results,
+    time_cpu,
+    time_cuda,
+)
 
 socd_mod = sys.modules["detox_kernels.socd"]
 
@@ -46,25 +52,6 @@ def eager_fp32(x, y, k_min=10, k_max=None):
     keep = (torch.arange(kk, device=x.device) < k.unsqueeze(-1)) & (vals > 0)
     sub = torch.zeros_like(x, dtype=torch.float32).scatter_(-1, idx, keep.float())
     return (x.float() - sub * alpha.unsqueeze(-1) * y.float().abs()).to(x.dtype)
-
-
-def time_cpu(fn, repeats, min_time=0.2):
-    fn()  # warm up
-    times = []
-    t_end = time.perf_counter() + min_time
-    while len(times) < repeats or time.perf_counter() < t_end:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-        if len(times) >= 10 * repeats:
-            break
-    return times
-
-
-def time_cuda(fn):
-    import triton.testing
-
-    return [t * 1e-3 for t in triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="all")]
 
 
 def time_cuda_graph(call, make_inputs, bytes_per_set, l2_bytes=50 * 2**20):
@@ -90,24 +77,6 @@ def time_cuda_graph(call, make_inputs, bytes_per_set, l2_bytes=50 * 2**20):
     return [t * 1e-3 / n for t in times]
 
 
-def measure_copy_bandwidth():
-    n = 256 * 1024 * 1024 // 4
-    a = torch.empty(n, device="cuda")
-    b = torch.empty_like(a)
-    t = statistics.median(time_cuda(lambda: b.copy_(a)))
-    return 2 * a.numel() * 4 / t
-
-
-def git_commit():
-    if os.environ.get("DETOX_COMMIT"):  # set by the caller where the checkout's .git is not current
-        return os.environ["DETOX_COMMIT"]
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    except Exception:  # noqa: BLE001
-        return None
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -124,29 +93,11 @@ def main(argv=None):
 
     dev = args.device
     dtype = getattr(torch, args.dtype)
-    backends = []
-    for b in socd_mod.BACKENDS:
-        if b.name == "reference" or b.unavailable_reason() is not None:
-            continue
-        if dev == "cpu" and b.name in ("cuda", "triton"):
-            continue
-        if dev == "cuda" and b.name == "cpu":
-            continue
-        backends.append(b.name)
-    if args.backends:
-        backends = [b for b in backends if b in args.backends.split(",")]
+    backends = op_backends(socd_mod, dev, args.backends)
     timer = time_cuda if dev == "cuda" else (lambda fn: time_cpu(fn, args.repeats))
     peak = measure_copy_bandwidth() if dev == "cuda" else None
-    info = {
-        "device": torch.cuda.get_device_name(0) if dev == "cuda" else platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "triton": getattr(__import__("triton"), "__version__", None) if "triton" in backends else None,
-        "threads": torch.get_num_threads(),
-        "commit": git_commit(),
-        "dtype": args.dtype,
-        "divergence": args.divergence,
-        "copy_bandwidth_GBps": peak / 1e9 if peak else None,
-    }
+    info = env_info(dev, peak, dtype=args.dtype, divergence=args.divergence,
+                    triton=getattr(__import__("triton"), "__version__", None) if "triton" in backends else None)
     rows = []
     print(f"# SoCD benchmark on {info['device']} ({dev}), torch {info['torch']}, {args.dtype}, {args.divergence}, "
           f"{info['threads']} threads")
@@ -185,12 +136,7 @@ def main(argv=None):
                 + (f" ({(floor_bytes / peak) / med[n]:.2f} of floor)" if n.endswith("-graph") else "")
                 for n in med)
             print(line, flush=True)
-    path = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                    f"socd-{dev}-{platform.node() or 'host'}.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump({"info": info, "rows": rows}, f, indent=1)
-    print(f"raw results: {path}")
+    save_results({"info": info, "rows": rows}, "socd", dev, args.out)
     if dev == "cpu":
         print("CPU numbers are speed-ups over the float64 reference measured in this run (x > 1 is faster).")
 
