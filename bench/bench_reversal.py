@@ -30,6 +30,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, os.path.join(HERE, "..", "python"))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+sys.path.insert(0, HERE)  # bench/common.py before anything of the same name in tests/
 
 import detox_kernels  # noqa: E402
 from detox_kernels.reference.reversal import reverse_toxification_reference  # noqa: E402

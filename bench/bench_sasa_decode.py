@@ -24,7 +24,7 @@ import torch
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path[:0] = [ROOT, os.path.join(ROOT, "python")]
 
-from bench_socd import git_commit  # noqa: E402
+from common import git_commit  # noqa: E402
 from detox.generation.sasa import SASADecoder, sasa_generate_one_at_a_time  # noqa: E402
 from detox.models import load_causal_lm  # noqa: E402
 from detox.sasa import Subspace, resolve_subspace  # noqa: E402

@@ -24,9 +24,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import detox_kernels  # noqa: E402
 from detox_kernels.reference import socd_reference  # noqa: E402
 
-from common import (  # noqa: E402  (bench/common.py; git_commit: bench_sasa_decode.py imports it from here)
+from common import (  # noqa: E402  (bench/common.py)
     env_info,
-    git_commit,  # noqa: F401
     measure_copy_bandwidth,
     op_backends,
     save_results,
