@@ -11,17 +11,23 @@ Each step of :class:`SASADecoder`:
    K candidates share the row's prefix KV cache (no K-fold copy);
 3. the fused op :func:`detox_kernels.sasa_reweight` adds ``beta * softmax(margins)`` (or
    ``beta * margins``) to the candidates' scores, in place;
-4. sampling exactly as ``generate`` samples (``softmax`` then ``torch.multinomial``), so with
-   ``beta = 0`` the tokens are plain sampling's;
+4. sampling (``softmax`` then ``torch.multinomial``, as ``generate`` samples; see below for the
+   tokens outside ``C``), so with ``beta = 0`` the tokens are plain sampling's;
 5. the sampled candidate's KV entries are kept in the cache (gathered among the last K positions,
    the other K - 1 dropped) and its hidden state gives the next step's logits through the LM head:
    no separate forward for the chosen token.
 
-Tokens outside ``C`` keep their score by default (``outside="keep"``, as the spec says); when one
-of them is sampled (only possible when more than K tokens survive the warpers) that step runs one
-extra single-token forward for the batch, which costs a host synchronisation per step to decide.
-``outside="mask"`` samples among the candidates only: no synchronisation at all on the per-token
-path.
+Tokens outside ``C`` keep their score by default (``outside="keep"``, as the spec says). Their
+scores do not depend on the forward, so, when more than K tokens survive the warpers, one outside
+token ``o`` per row is drawn beforehand from the outside tokens alone (the best one when greedy)
+and rides along as candidate K + 1 of the same forward (not re-weighted); the token is then drawn
+among the K re-weighted candidates and one "outside" slot scored ``logsumexp`` of the outside
+scores (their max when greedy). That is exactly the distribution of sampling over the whole
+vocabulary, with no extra forward and no host synchronisation; it consumes the random stream
+differently from ``generate``, so with ``beta = 0`` the tokens are plain sampling's in
+distribution, not draw for draw. ``outside="mask"`` samples among the candidates only, with one
+draw over the vocabulary as ``generate`` makes (``beta = 0`` and ``top_k = K`` give ``generate``'s
+tokens exactly).
 
 Supported: decoder-only HuggingFace models whose logits are ``lm_head(last_hidden_state)`` and
 whose attention honours a custom 4D mask with a ``DynamicCache``: tested on the Llama family
@@ -74,7 +80,8 @@ class SASADecoder:
         model: a HuggingFace causal LM (eval mode).
         direction, midpoint: the subspace (``[D]``; see :mod:`detox.sasa`).
         beta: strength (``0`` = plain sampling). mode: ``"softmax"`` or ``"tilt"``.
-        max_candidates: K. outside: ``"keep"`` or ``"mask"`` (tokens outside the candidates).
+        max_candidates: K. outside: ``"keep"`` (tokens outside the candidates keep their scores;
+            exact in distribution, no host sync) or ``"mask"`` (sample among the candidates only).
         backend: force a backend of the fused op (default: automatic).
     """
 
@@ -107,7 +114,13 @@ class SASADecoder:
         self.k = int(max_candidates)
         self.outside = outside
         self.backend = backend
-        self.fallback_steps = 0  # steps that needed the extra forward (outside="keep"), for reports
+        self._outside_picks = None  # tokens drawn from outside the candidates (outside="keep"), a device counter
+
+    @property
+    def outside_picks(self) -> int:
+        """How many tokens (of running rows) were drawn from outside the K candidates so far (reads
+        a device counter: not for the per-token path)."""
+        return 0 if self._outside_picks is None else int(self._outside_picks)
 
     # ------------------------------------------------------------------ pieces
     def _prefill(self, ids, mask):
@@ -173,43 +186,62 @@ class SASADecoder:
         unfinished = torch.ones(b, dtype=torch.long, device=ids.device)
         beta = torch.full((b,), self.beta, dtype=torch.float32, device=ids.device)
         margins_out = []
+        # a top-k warper with top_k <= K leaves nothing outside the candidates: no rider needed
+        inside_only = bool(do_sample and top_k and 0 < top_k <= self.k)
+        if self._outside_picks is None:
+            self._outside_picks = torch.zeros((), dtype=torch.long, device=ids.device)
         for _ in range(max_new_tokens):
             scores = warp(ids, logits)
             k = min(self.k, scores.shape[1])
             top, cand = scores.topk(k, dim=-1)
             valid = torch.isfinite(top)
             t = attn.shape[1]
-            hidden = self._candidate_forward(cand, attn, pos_next, cache)
-            _, margins = detox_kernels.sasa_reweight(scores, cand, hidden, self.direction, self.midpoint, beta,
+            # outside="keep" (and tokens beyond K exist): one outside token per row rides along as
+            # candidate K + 1; its slot's score stands for all outside tokens (see the module docstring)
+            ride = self.outside == "keep" and k < scores.shape[1] and not inside_only
+            if ride:
+                out_scores = scores.scatter(1, cand, float("-inf"))
+                if do_sample:
+                    slot_out = torch.logsumexp(out_scores, dim=-1)  # -inf where nothing is outside
+                    some = torch.isfinite(slot_out)[:, None]
+                    probs_out = torch.softmax(torch.where(some, out_scores, torch.zeros_like(out_scores)), dim=-1)
+                    o = torch.multinomial(probs_out, num_samples=1)
+                else:
+                    slot_out, o = out_scores.max(dim=-1, keepdim=True)
+                    slot_out = slot_out.squeeze(1)
+                hidden = self._candidate_forward(torch.cat([cand, o], 1), attn, pos_next, cache)
+                cand_hidden = hidden[:, :k].contiguous()
+            else:
+                hidden = cand_hidden = self._candidate_forward(cand, attn, pos_next, cache)
+            _, margins = detox_kernels.sasa_reweight(scores, cand, cand_hidden, self.direction, self.midpoint, beta,
                                                      mode=self.mode, valid=valid, return_margins=True,
                                                      backend=self.backend)
-            if self.outside == "mask":
-                scores = torch.full_like(scores, float("-inf")).scatter_(1, cand, scores.gather(1, cand))
-            if do_sample:
-                probs = torch.nn.functional.softmax(scores, dim=-1)
-                nxt = torch.multinomial(probs, num_samples=1).squeeze(1)
+            if ride:
+                slots = torch.cat([scores.gather(1, cand), slot_out[:, None]], dim=1)  # [B, K + 1]
+                if do_sample:
+                    idx = torch.multinomial(torch.softmax(slots, dim=-1), num_samples=1).squeeze(1)
+                else:
+                    idx = slots.argmax(dim=-1)
+                nxt = torch.cat([cand, o], 1).gather(1, idx[:, None]).squeeze(1)
+                is_cand = idx < k
+                self._outside_picks += (~is_cand & unfinished.bool()).sum()
             else:
-                nxt = scores.argmax(dim=-1)
+                if self.outside == "mask":
+                    scores = torch.full_like(scores, float("-inf")).scatter_(1, cand, scores.gather(1, cand))
+                if do_sample:
+                    probs = torch.nn.functional.softmax(scores, dim=-1)
+                    nxt = torch.multinomial(probs, num_samples=1).squeeze(1)
+                else:
+                    nxt = scores.argmax(dim=-1)
+                match = (cand == nxt[:, None]) & valid
+                is_cand = match.any(dim=1)
+                idx = match.int().argmax(dim=1)
             nxt = nxt * unfinished + pad_token_id * (1 - unfinished)
-            match = (cand == nxt[:, None]) & valid
-            is_cand = match.any(dim=1)
-            idx = match.int().argmax(dim=1)
             if return_margins:
-                margins_out.append(torch.where(is_cand, margins[rows, idx], float("nan")))
+                margins_out.append(torch.where(is_cand, margins[rows, idx.clamp(max=k - 1)], float("nan")))
             self._keep_chosen(cache, t, idx)
             attn = torch.cat([attn, attn.new_ones(b, 1)], dim=1)
-            # rows that are still running and sampled a token outside their candidates need its own
-            # forward (finished rows only emit padding); a host sync, in this mode only
-            if self.outside == "keep" and bool((~is_cand & unfinished.bool()).any()):
-                self.fallback_steps += 1
-                for layer in cache.layers:
-                    layer.keys, layer.values = layer.keys[:, :, :t], layer.values[:, :, :t]
-                out = self.base(input_ids=nxt[:, None], attention_mask=attn, position_ids=pos_next[:, None],
-                                past_key_values=cache, use_cache=True)
-                h_next = out.last_hidden_state[:, -1]
-            else:
-                h_next = hidden[rows, idx]
-            logits = self.head(h_next).float()
+            logits = self.head(hidden[rows, idx]).float()
             ids = torch.cat([ids, nxt[:, None]], dim=1)
             pos_next = pos_next + 1
             if eos.numel():
