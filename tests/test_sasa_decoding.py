@@ -219,8 +219,14 @@ def test_driver_and_cli_generate_with_sasa(tiny, tmp_path, monkeypatch):
     sub = Subspace(tiny["w"], tiny["m"], tiny["dir"]).save(str(tmp_path / "s.safetensors"))
     model = (tiny["llama"], tiny["tok"])
     plain = Generator("none", model=model).generate_batch(PROMPTS, num_samples=2, max_new_tokens=6, seed=3)
-    zero = Generator("sasa", model=model, config=MethodConfig(sasa_subspace=sub, sasa_beta=0.0, sasa_max_candidates=8))
+    # K = the whole vocabulary: nothing lies outside the candidates, so beta = 0 is generate()'s
+    # sampling draw for draw (with K < V, 'keep' is plain sampling in distribution; tested above)
+    zero = Generator("sasa", model=model, config=MethodConfig(sasa_subspace=sub, sasa_beta=0.0,
+                                                              sasa_max_candidates=len(tiny["tok"])))
     assert zero.generate_batch(PROMPTS, num_samples=2, max_new_tokens=6, seed=3) == plain
+    five = Generator("sasa", model=model, config=MethodConfig(sasa_subspace=sub, sasa_beta=5.0,
+                                                              sasa_max_candidates=len(tiny["tok"])))
+    assert five.generate_batch(PROMPTS, num_samples=2, max_new_tokens=6, seed=3) != plain
     assert zero.settings()["method_config"]["sasa_subspace"] == sub
     out = tmp_path / "g.jsonl"
     rc = main(["generate", "--method", "sasa", "--model", tiny["dir"], "--subspace", sub, "--beta", "5",
@@ -233,8 +239,9 @@ def test_driver_and_cli_generate_with_sasa(tiny, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_embedded_smollm2_sasa():
-    """The real embedded model with the shipped ToxiGen subspace: beta = 0 is plain sampling and
-    beta > 0 raises the chosen tokens' margins."""
+    """The real embedded model with the shipped ToxiGen subspace: beta = 0 is plain sampling (top-k
+    sampling with K = top_k, draw for draw), 'keep' draws outside tokens, and beta > 0 raises the
+    chosen tokens' margins."""
     from detox.models import load_causal_lm
     from detox.sasa import resolve_subspace
 
@@ -242,11 +249,19 @@ def test_embedded_smollm2_sasa():
     sub = Subspace.load(resolve_subspace(None, "smollm2-135m-instruct"))
     enc = tok(["You are such a", "The weather today"], return_tensors="pt", padding=True)
     torch.manual_seed(0)
-    ref = model.generate(**enc, do_sample=True, top_p=0.9, top_k=0, max_new_tokens=6, pad_token_id=tok.pad_token_id)
+    ref = model.generate(**enc, do_sample=True, top_p=0.9, top_k=50, max_new_tokens=6, pad_token_id=tok.pad_token_id)
+    for outside in ("mask", "keep"):  # top_k = K = 50: nothing outside the candidates
+        torch.manual_seed(0)
+        got = SASADecoder(model, sub.direction, sub.midpoint, beta=0.0, outside=outside).generate(
+            enc["input_ids"], enc["attention_mask"], top_p=0.9, top_k=50, max_new_tokens=6,
+            pad_token_id=tok.pad_token_id)
+        assert torch.equal(ref, got[:, :ref.shape[1]])
+    # 'keep' with K < the nucleus: tokens outside the candidates are drawn, and decoding goes on
+    keep = SASADecoder(model, sub.direction, sub.midpoint, beta=0.0, max_candidates=2)
     torch.manual_seed(0)
-    got = SASADecoder(model, sub.direction, sub.midpoint, beta=0.0).generate(
-        enc["input_ids"], enc["attention_mask"], top_p=0.9, max_new_tokens=6, pad_token_id=tok.pad_token_id)
-    assert torch.equal(ref, got[:, :ref.shape[1]])
+    out = keep.generate(enc["input_ids"], enc["attention_mask"], top_p=0.95, max_new_tokens=6,
+                        num_return_sequences=4, pad_token_id=tok.pad_token_id)
+    assert out.shape == (8, enc["input_ids"].shape[1] + 6) and keep.outside_picks > 0
     m = {}
     for beta in (0.0, 50.0):
         torch.manual_seed(1)
