@@ -15,17 +15,7 @@ from __future__ import annotations
 
 import torch
 
-try:
-    import triton
-    import triton.language as tl
-except Exception as exc:  # noqa: BLE001
-    triton = None
-    tl = None
-    AVAILABLE = False
-    UNAVAILABLE_REASON: str | None = f"triton could not be imported ({type(exc).__name__}: {exc})"
-else:
-    AVAILABLE = True
-    UNAVAILABLE_REASON = None
+from . import AVAILABLE, UNAVAILABLE_REASON, tl, triton  # noqa: F401  (the guarded import)
 
 MAX_TILE = 16384  # H * D (padded to powers of two) held by one program
 

@@ -41,19 +41,7 @@ from __future__ import annotations
 
 import torch
 
-try:
-    import triton
-    import triton.language as tl
-    from triton.language.extra import libdevice
-except Exception as exc:  # noqa: BLE001  (ImportError, or a broken Triton install)
-    triton = None
-    tl = None
-    libdevice = None
-    AVAILABLE = False
-    UNAVAILABLE_REASON: str | None = f"triton could not be imported ({type(exc).__name__}: {exc})"
-else:
-    AVAILABLE = True
-    UNAVAILABLE_REASON = None
+from . import AVAILABLE, UNAVAILABLE_REASON, libdevice, tl, triton  # noqa: F401  (the guarded import)
 
 DIVERGENCE_KINDS = ("fkl", "rkl", "skl", "jsd", "tvd", "l2")  # op codes 0..5
 
