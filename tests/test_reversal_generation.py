@@ -83,13 +83,12 @@ class _Naive:
     def logits(self, prompt, generated):
         """Raw next-token logits at every step (prompt, then each generated token fed in turn)."""
         out, cache, handles, delta = [], None, [], {}
-        for i in self.layers:
-            def hook(mod, args, i=i):
-                x = args[0]
-                o = x[0, -1].view(1, self.h, self.d)
-                new = reverse_toxification_reference(o, delta[i], self.e_neg[i], **self.kw)
-                x[0, -1] = new.view(-1).to(x.dtype)
-            handles.append(self.sites[i].module.register_forward_pre_hook(hook))
+
+        def apply(mod, args, i):
+            x = args[0]
+            o = x[0, -1].view(1, self.h, self.d)
+            x[0, -1] = reverse_toxification_reference(o, delta[i], self.e_neg[i], **self.kw).view(-1).to(x.dtype)
+
         try:
             for s in range(len(generated) + 1):
                 ctx = (prompt + generated[:s])[self.read_skip:]
@@ -98,14 +97,8 @@ class _Naive:
                 pos, neg = self._capture(self.pos_ids + ctx), self._capture(self.neg_ids + ctx)
                 for i in self.layers:
                     delta[i] = (neg[i] - pos[i]).unsqueeze(0)
-                handles = []
-                for i in self.layers:
-                    def hook(mod, args, i=i):
-                        x = args[0]
-                        o = x[0, -1].view(1, self.h, self.d)
-                        new = reverse_toxification_reference(o, delta[i], self.e_neg[i], **self.kw)
-                        x[0, -1] = new.view(-1).to(x.dtype)
-                    handles.append(self.sites[i].module.register_forward_pre_hook(hook))
+                handles = [self.sites[i].module.register_forward_pre_hook(lambda mod, args, i=i: apply(mod, args, i))
+                           for i in self.layers]
                 feed = torch.tensor([prompt if s == 0 else [generated[s - 1]]])
                 with torch.no_grad():
                     r = self.model(input_ids=feed, past_key_values=cache, use_cache=True)
