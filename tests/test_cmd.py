@@ -243,16 +243,19 @@ def test_training_logs_both_losses_and_lowers_the_lm_loss(cmd_run):
 
 @pytest.mark.parametrize("guided", [False, True])
 def test_the_trained_model_writes_a_chain(cmd_run, guided):
-    from detox.generation.driver import Generator, MethodConfig
+    from detox.generation.driver import Generator
+    from detox.methods.cmd import CMDSettings
     from detox.models import load_causal_lm
 
     model = load_causal_lm(cmd_run["out"])
-    gen = Generator("cmd", model=model, config=MethodConfig(cmd_chain_tokens=60, cmd_guided=guided))
-    res = gen.generate_batch(PROMPTS[:3], num_samples=2, max_new_tokens=8, seed=0)
-    assert gen.chain_stats.rows == 6 and gen.chain_stats.reached_generation >= 4
+    gen = Generator("cmd", model=model, settings=CMDSettings(chain_tokens=60, guided=guided))
+    out = gen.run_batch(PROMPTS[:3], num_samples=2, max_new_tokens=8, seed=0)
+    res = out.texts
+    assert out.stats["rows"] == 6 and out.stats["reached_generation"] >= 4
+    assert not hasattr(gen, "last_chains") and not hasattr(gen, "chain_stats")
     for i in range(3):
         for j in range(2):
-            chain = gen.last_chains[i][j]
+            chain = out.extras["chains"][i][j]
             p = C.parse_chain(chain)
             assert chain.startswith(C.inference_prefix(PROMPTS[i]))
             assert p.generation == res[i][j].strip()
@@ -264,17 +267,16 @@ def test_the_trained_model_writes_a_chain(cmd_run, guided):
 
 
 def test_the_harness_scores_only_the_generation(cmd_run):
-    from detox.generation.driver import MethodConfig
     from detox.harness import EvalConfig, run_eval
     from detox.models import load_causal_lm
 
     model = load_causal_lm(cmd_run["out"])
     out = cmd_run["root"] / "eval"
     cfg = EvalConfig(methods=["cmd"], model=cmd_run["out"], prompts=None, num_samples=2, max_new_tokens=8,
-                     method_config=MethodConfig(cmd_chain_tokens=60))
+                     method_settings={"cmd": {"chain_tokens": 60}})
     cfg.prompts = str(cmd_run["root"] / "prompts.txt")
     open(cfg.prompts, "w").write("\n".join(PROMPTS[:4]) + "\n")
-    r = run_eval(cfg, str(out), progress=False, scorer=cmd_run["scorer"], _models=model)
+    r = run_eval(cfg, str(out), progress=False, scorer=cmd_run["scorer"], model=model)
     row = json.loads(open(out / r["methods"]["cmd"]["runs"][0]["generations"]).readline())
     assert [C.parse_chain(c).generation for c in row["chains"]] == [c.strip() for c in row["continuations"]]
     flat = [c for l in open(out / r["methods"]["cmd"]["runs"][0]["generations"]) for c in json.loads(l)["continuations"]]
@@ -345,7 +347,7 @@ def test_cli_generate_cmd_writes_the_chain_and_the_generation(cmd_run, tmp_path,
     for r in rows:
         assert r["chain"].startswith(C.inference_prefix(PROMPTS[0])) and C.GENERATION in r["chain"]
         assert r["continuation"].strip() == C.parse_chain(r["chain"]).generation
-        assert r["settings"]["method_config"]["cmd_chain_tokens"] == 60
+        assert r["settings"]["method_settings"]["chain_tokens"] == 60
 
 
 def test_cli_help_and_bad_data(tmp_path, capsys):

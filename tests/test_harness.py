@@ -90,15 +90,24 @@ def test_interrupted_generation_resumes_without_redoing_or_losing(tiny, tmp_path
     cfg = EvalConfig(methods=["socd"], model=base, toxic_model=toxic, prompts=prompts, num_samples=2,
                      max_new_tokens=4, seeds=[3], batch_size=2)
     gen = Generator("socd", model=base, toxic_model=toxic)
+    orig = gen.run_batch
+    batches = []
+
+    def interrupted(chunk, **kw):  # Ctrl-C during the second batch
+        if batches:
+            raise KeyboardInterrupt
+        batches.append(chunk)
+        return orig(chunk, **kw)
+
+    gen.run_batch = interrupted
     with pytest.raises(KeyboardInterrupt):
-        generate_cached(gen, cfg, texts, 3, str(tmp_path), progress=False, stop_after_batches=1)
+        generate_cached(gen, cfg, texts, 3, str(tmp_path), progress=False)
     (path,) = [os.path.join(tmp_path, "generations", f) for f in os.listdir(tmp_path / "generations")]
     assert len(_read_generation_file(path)) == 2
     with open(path, "a") as f:  # a torn line, as after kill -9 mid-write
         f.write('{"prompt_index": 2, "contin')
     calls = []
-    orig = gen.generate_batch
-    gen.generate_batch = lambda chunk, **kw: calls.append(list(chunk)) or orig(chunk, **kw)
+    gen.run_batch = lambda chunk, **kw: calls.append(list(chunk)) or orig(chunk, **kw)
     _, resumed = generate_cached(gen, cfg, texts, 3, str(tmp_path), progress=False)
     assert calls == [texts[2:4], texts[4:6]]  # only the unfinished batches
     rows = _read_generation_file(path)

@@ -251,15 +251,16 @@ def test_layer_selection_and_errors():
 
 
 def test_generator_reversal_method(tmp_path):
-    from detox.generation.driver import Generator, MethodConfig
+    from detox.generation.driver import Generator
+    from detox.methods.reversal import ReversalSettings
 
     model, tok = _tiny("llama")
-    cfg = MethodConfig(reversal_layers="1-2", reversal_neg_prefix=NEG, reversal_pos_prefix=POS)
-    gen = Generator("reversal", model=(model, tok), config=cfg)
+    cfg = ReversalSettings(layers="1-2", neg_prefix=NEG, pos_prefix=POS)
+    gen = Generator("reversal", model=(model, tok), settings=cfg)
     res = gen.generate_batch(PROMPTS[:2], num_samples=2, max_new_tokens=4, seed=0)
     assert len(res) == 2 and all(len(r) == 2 for r in res)
     s = gen.settings()
-    assert s["reversal"]["layers"] == [1, 2] and s["reversal"]["norm_exp"] == 0.4
+    assert s["method_settings"]["layers"] == [1, 2] and s["method_settings"]["norm_exp"] == 0.4
     plain = Generator("none", model=(model, tok)).generate_batch(PROMPTS[:2], num_samples=2, max_new_tokens=4, seed=0)
     assert plain != res
 
@@ -269,7 +270,7 @@ def test_embedded_smollm2_reversal():
     """The real embedded model (Llama family, 9 query heads, 3 KV heads): the hooks find all 30
     layers; identical prefixes reproduce plain greedy decoding; the paper's prefixes change it
     and still give real text; batched equals unbatched."""
-    from detox.generation.driver import Generator, MethodConfig
+    from detox.generation.driver import Generator
     from detox.models import load_causal_lm
 
     pair = load_causal_lm("smollm2-135m-instruct")
@@ -277,7 +278,7 @@ def test_embedded_smollm2_reversal():
     assert (len(sites), h, d) == (30, 9, 64) and sites[0].name.endswith("self_attn.o_proj")
     prompts = ["The weather in London today is", "You are such a stupid little"]
     plain = Generator("none", model=pair).generate_batch(prompts, max_new_tokens=8, do_sample=False)
-    same = Generator("reversal", model=pair, config=MethodConfig(reversal_pos_prefix=NEG_PREFIX))
+    same = Generator("reversal", model=pair, settings={"pos_prefix": NEG_PREFIX})
     assert same.generate_batch(prompts, max_new_tokens=8, do_sample=False) == plain
     rev = Generator("reversal", model=pair)
     both = rev.generate_batch(prompts, max_new_tokens=8, do_sample=False)
@@ -294,12 +295,12 @@ def test_cli_generate_reversal(tmp_path):
     model_dir = tiny_llama_dir(str(tmp_path / "m"), seed=0)
     out = tmp_path / "rev.jsonl"
     argv = ["generate", "--method", "reversal", "--model", model_dir, "--prompt", "you are such a stupid",
-            "--num-samples", "2", "--max-new-tokens", "3", "--reversal-layers", "1", "--neg-prefix", NEG,
-            "--pos-prefix", "", "--reversal-norm-exp", "0.5", "--no-reversal-renorm", "--out", str(out)]
+            "--num-samples", "2", "--max-new-tokens", "3", "--reversal-layers", "1", "--reversal-neg-prefix", NEG,
+            "--reversal-pos-prefix", "", "--reversal-norm-exp", "0.5", "--no-reversal-renorm", "--out", str(out)]
     assert main(argv) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 2 and all(r["method"] == "reversal" for r in rows)
-    s = rows[0]["settings"]["reversal"]
+    s = rows[0]["settings"]["method_settings"]
     assert s == {"layers": [1], "norm_exp": 0.5, "sim_exp": 0.6, "renorm": False, "neg_prefix": NEG, "pos_prefix": ""}
     with pytest.raises(ValueError, match="out of range"):
         main(argv[:-2] + ["--reversal-layers", "9", "--out", str(out)])

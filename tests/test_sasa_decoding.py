@@ -214,27 +214,27 @@ def test_decoder_errors(tiny):
 
 def test_driver_and_cli_generate_with_sasa(tiny, tmp_path, monkeypatch):
     from detox.cli import main
-    from detox.generation.driver import Generator, MethodConfig
+    from detox.generation.driver import Generator
 
     sub = Subspace(tiny["w"], tiny["m"], tiny["dir"]).save(str(tmp_path / "s.safetensors"))
     model = (tiny["llama"], tiny["tok"])
     plain = Generator("none", model=model).generate_batch(PROMPTS, num_samples=2, max_new_tokens=6, seed=3)
     # K = the whole vocabulary: nothing lies outside the candidates, so beta = 0 is generate()'s
     # sampling draw for draw (with K < V, 'keep' is plain sampling in distribution; tested above)
-    zero = Generator("sasa", model=model, config=MethodConfig(sasa_subspace=sub, sasa_beta=0.0,
-                                                              sasa_max_candidates=len(tiny["tok"])))
+    zero = Generator("sasa", model=model, settings=dict(subspace=sub, beta=0.0,
+                                                         max_candidates=len(tiny["tok"])))
     assert zero.generate_batch(PROMPTS, num_samples=2, max_new_tokens=6, seed=3) == plain
-    five = Generator("sasa", model=model, config=MethodConfig(sasa_subspace=sub, sasa_beta=5.0,
-                                                              sasa_max_candidates=len(tiny["tok"])))
+    five = Generator("sasa", model=model, settings=dict(subspace=sub, beta=5.0,
+                                                         max_candidates=len(tiny["tok"])))
     assert five.generate_batch(PROMPTS, num_samples=2, max_new_tokens=6, seed=3) != plain
-    assert zero.settings()["method_config"]["sasa_subspace"] == sub
+    assert zero.settings()["method_settings"]["subspace"] == sub
     out = tmp_path / "g.jsonl"
-    rc = main(["generate", "--method", "sasa", "--model", tiny["dir"], "--subspace", sub, "--beta", "5",
+    rc = main(["generate", "--method", "sasa", "--model", tiny["dir"], "--sasa-subspace", sub, "--sasa-beta", "5",
                "--prompt", "you hate", "--num-samples", "3", "--max-new-tokens", "5", "--out", str(out)])
     rows = [json.loads(line) for line in open(out)]
-    assert rc == 0 and len(rows) == 3 and rows[0]["settings"]["method_config"]["sasa_beta"] == 5.0
+    assert rc == 0 and len(rows) == 3 and rows[0]["settings"]["method_settings"]["beta"] == 5.0
     with pytest.raises(FileNotFoundError, match="subspace file not found"):
-        Generator("sasa", model=model, config=MethodConfig(sasa_subspace=str(tmp_path / "missing")))
+        Generator("sasa", model=model, settings=dict(subspace=str(tmp_path / "missing")))
 
 
 @pytest.mark.slow

@@ -11,60 +11,22 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_TOXIC = "smollm2-135m-instruct-toxic"
 
 
-def _add_method_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("method settings (socd.md)")
-    g.add_argument("--divergence", default="l2", choices=["fkl", "rkl", "skl", "jsd", "tvd", "l2"],
-                   help="SoCD divergence between the base and toxic distributions (default: l2, the paper's)")
-    g.add_argument("--k-min", type=int, default=10, help="SoCD: fewest tokens suppressed per step (default: 10)")
-    g.add_argument("--k-max", type=int, default=None, help="SoCD: most tokens suppressed per step (default: V/2)")
-    g.add_argument("--preset", default=None, choices=["paper", "hspd-code"],
-                   help="SoCD: the paper's settings or the official code's (floor, signed, k_max=V)")
-    g.add_argument("--cd-form", default="obrien", choices=["obrien", "li"],
-                   help="CD: O'Brien & Lewis ((1+b)x - b y) or Li et al. (log-prob difference, amateur at T=0.5)")
-    g.add_argument("--cd-alpha", type=float, default=0.1, help="CD: plausibility threshold alpha (default: 0.1)")
-    g.add_argument("--cd-beta", type=float, default=0.5, help="CD: contrast strength beta (default: 0.5)")
-    g.add_argument("--dexperts-alpha", type=float, default=2.0, help="DExperts: alpha (default: 2.0)")
-    g.add_argument("--expert-model", default=None,
-                   help="DExperts: the expert model (default: none, the base model's own scores)")
-    r = p.add_argument_group("toxification reversal settings (reversal.md)")
-    r.add_argument("--reversal-layers", default=None,
-                   help="reversal: layers to modify, e.g. 8-20 or 10,12,-1 (default: all)")
-    r.add_argument("--reversal-norm-exp", type=float, default=None, help="reversal: norm exponent (default: 0.4)")
-    r.add_argument("--reversal-sim-exp", type=float, default=None, help="reversal: similarity exponent (default: 0.6)")
-    r.add_argument("--no-reversal-renorm", dest="reversal_renorm", action="store_const", const=False, default=None,
-                   help="reversal: do not renormalise the head outputs")
-    r.add_argument("--neg-prefix", default=None, help="reversal: the negative prefix (default: the paper's)")
-    r.add_argument("--pos-prefix", default=None,
-                   help="reversal: the positive prefix (default: the paper's; '' for the empty prefix)")
-    g.add_argument("--subspace", default=None,
-                   help="SASA: subspace file from `detox fit-sasa` (default: $DETOX_HOME/sasa/<model>-toxigen.safetensors, "
-                        "else the one shipped for the embedded model)")
-    g.add_argument("--beta", type=float, default=10.0, help="SASA: strength beta (default: 10; 0 = plain sampling)")
-    g.add_argument("--sasa-mode", default="softmax", choices=["softmax", "tilt"],
-                   help="SASA: beta*softmax(margins) (public implementation) or beta*margin (KL-constrained optimum)")
-    g.add_argument("--max-candidates", type=int, default=50, help="SASA: candidates K per step (default: 50)")
-    g.add_argument("--sasa-outside", default="keep", choices=["keep", "mask"],
-                   help="SASA: tokens outside the K candidates keep their score (default) or are masked")
-    g.add_argument("--cmd-chain-tokens", type=int, default=96,
-                   help="CMD: most tokens the model may write for its chain before \"# Generation:\" (default: 96)")
-    g.add_argument("--cmd-free-chain", action="store_true",
-                   help="CMD: the model writes the whole chain unguided (default: the driver writes the step "
-                        "headers, the model each step)")
+def _method_settings(args, names):
+    """The validated settings of these methods from the parsed options; warns about options given
+    for methods that are not run."""
+    from .methods._cli import method_settings_from_args, options_for_other_methods
+
+    ignored = options_for_other_methods(args, names)
+    if ignored:
+        print(f"warning: {', '.join(ignored)} ignored: that method is not run (methods: {', '.join(names)})",
+              file=sys.stderr)
+    return method_settings_from_args(args, names)
 
 
-def _method_config(args):
-    from .generation.driver import MethodConfig
+def _add_method_options(p) -> None:
+    from .methods._cli import add_method_options
 
-    return MethodConfig(divergence=args.divergence, k_min=args.k_min, k_max=args.k_max, preset=args.preset,
-                        cd_form=args.cd_form, cd_alpha=args.cd_alpha, cd_beta=args.cd_beta,
-                        dexperts_alpha=args.dexperts_alpha,
-                        reversal_layers=args.reversal_layers, reversal_norm_exp=args.reversal_norm_exp,
-                        reversal_sim_exp=args.reversal_sim_exp, reversal_renorm=args.reversal_renorm,
-                        reversal_neg_prefix=args.neg_prefix, reversal_pos_prefix=args.pos_prefix,
-                        sasa_subspace=args.subspace, sasa_beta=args.beta,
-                        sasa_mode=args.sasa_mode, sasa_max_candidates=args.max_candidates,
-                        sasa_outside=args.sasa_outside,
-                        cmd_chain_tokens=args.cmd_chain_tokens, cmd_guided=not args.cmd_free_chain)
+    add_method_options(p)
 
 
 def cmd_generate(args) -> int:
@@ -83,8 +45,8 @@ def cmd_generate(args) -> int:
     if not prompts:
         print("error: no prompts to generate from", file=sys.stderr)
         return 2
-    gen = Generator(args.method, model=args.model, toxic_model=args.toxic_model, expert_model=args.expert_model,
-                    config=_method_config(args))
+    settings = _method_settings(args, [args.method])[args.method]
+    gen = Generator(args.method, model=args.model, toxic_model=args.toxic_model, settings=settings)
     gen.validate(prompts, args.max_new_tokens)
     settings = dict(gen.settings(), num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
                     top_p=args.top_p, temperature=args.temperature, seed=args.seed, greedy=args.greedy)
@@ -95,21 +57,25 @@ def cmd_generate(args) -> int:
         for bi, start in enumerate(tqdm(batches, desc=f"generate ({args.method})", unit="batch",
                                         disable=args.out is None or len(batches) < 2)):
             chunk = prompts[start:start + bs]
-            res = gen.generate_batch(chunk, num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
-                                     top_p=args.top_p, temperature=args.temperature, do_sample=not args.greedy,
-                                     seed=batch_seed(args.seed, bi))
-            chains = getattr(gen, "last_chains", None) if args.method == "cmd" else None
-            for i, (p, conts) in enumerate(zip(chunk, res)):
+            res = gen.run_batch(chunk, num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
+                                top_p=args.top_p, temperature=args.temperature, do_sample=not args.greedy,
+                                seed=batch_seed(args.seed, bi))
+            for i, (p, conts) in enumerate(zip(chunk, res.texts)):
                 for j, c in enumerate(conts):
+                    extras = {_singular(k): v[i][j] for k, v in res.extras.items()}  # CMD: "chain"
                     out.write(json.dumps({"prompt_index": start + i, "prompt": p, "sample": j, "continuation": c,
-                                          **({"chain": chains[i][j]} if chains else {}),
-                                          "method": args.method, "settings": settings}, ensure_ascii=False) + "\n")
+                                          **extras, "method": args.method, "settings": settings},
+                                         ensure_ascii=False) + "\n")
             out.flush()
     finally:
         if args.out:
             out.close()
             print(f"wrote {len(prompts) * args.num_samples} continuations to {args.out}", file=sys.stderr)
     return 0
+
+
+def _singular(name: str) -> str:
+    return name[:-1] if name.endswith("s") else name
 
 
 def cmd_train_toxic(args) -> int:
@@ -165,13 +131,27 @@ def _eval_config(args, methods, prompts, limit, num_samples, seeds):
                       temperature=args.temperature, seeds=seeds, scorer=args.scorer, ppl_model=args.ppl_model,
                       batch_size=args.batch_size, threshold=args.threshold, strict=not args.inclusive,
                       ppl_variant=args.ppl_variant, dist_variant=args.dist_variant,
-                      method_config=_method_config(args), prompt_filters=filters)
+                      method_settings=_method_settings(args, methods), prompt_filters=filters)
+
+
+def _method_list(text: str) -> list[str]:
+    from . import methods as registry
+    from .methods import SettingsError
+
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    if not names:
+        raise SettingsError(f"--methods names no method; choose from {', '.join(registry.names())}")
+    for n in names:
+        registry.get(n)
+    if len(set(names)) != len(names):
+        raise SettingsError(f"--methods names a method twice: {text}")
+    return names
 
 
 def cmd_eval(args) -> int:
     from .harness import run_eval, table
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = _method_list(args.methods)
     seeds = [int(s) for s in args.seeds.split(",")]
     cfg = _eval_config(args, methods, args.prompts, args.limit, args.num_samples, seeds)
     res = run_eval(cfg, args.out)
@@ -193,7 +173,7 @@ def cmd_demo(args) -> int:
           "with the embedded models (fetched and cached on first run).")
     if args.toxic_model is None:
         args.toxic_model = resolve_toxic_model(None)
-    methods = [m.strip() for m in args.methods.split(",")]
+    methods = _method_list(args.methods)
     cfg = _eval_config(args, methods, args.prompts, args.limit, args.num_samples, [args.seed])
     res = run_eval(cfg, args.out)
     print()
@@ -205,8 +185,10 @@ def cmd_demo(args) -> int:
 
 
 def _add_eval_options(p, *, limit, num_samples, seeds, out, batch_size=8):
+    from . import methods as registry
+
     p.add_argument("--methods", default="none,socd,cd,dexperts",
-                   help="comma-separated methods: none, socd, cd, dexperts, unidetox, reversal, sasa, cmd (default: none,socd,cd,dexperts)")
+                   help=f"comma-separated methods: {', '.join(registry.names())} (default: none,socd,cd,dexperts)")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"base model (default: {DEFAULT_MODEL})")
     p.add_argument("--toxic-model", default=None, help=f"toxic model (default: {DEFAULT_TOXIC}, made on first use)")
     p.add_argument("--prompts", default=None,
@@ -246,8 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate continuations with a detoxification method",
                        description="Generate continuations of prompts with plain sampling or a detoxification "
                                    "method; writes one JSON object per continuation.")
-    g.add_argument("--method", default="socd", choices=["none", "socd", "cd", "dexperts", "unidetox", "reversal", "sasa", "cmd"],
-                   help="decoding method (default: socd; cmd: a CMD-trained --model writes its chain)")
+    from . import methods as registry
+
+    g.add_argument("--method", default="socd", choices=list(registry.names()),
+                   help="decoding method (default: socd; cmd: a CMD-trained --model writes its chain); "
+                        "each method's settings are in its group below")
     g.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"base model: HuggingFace id, local directory, or an embedded name (default: {DEFAULT_MODEL})")
     g.add_argument("--toxic-model", default=None,
@@ -354,7 +339,13 @@ def main(argv=None) -> int:
             print()
             parser.print_help()
         return 0
-    return args.func(args)
+    from .methods import SettingsError
+
+    try:
+        return args.func(args)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

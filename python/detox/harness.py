@@ -30,7 +30,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import metrics as M
-from .generation.driver import Generator, MethodConfig, batch_seed
+from . import methods as registry
+from .generation.driver import Generator, batch_seed
 
 
 @dataclass
@@ -52,7 +53,8 @@ class EvalConfig:
     strict: bool = True
     ppl_variant: str = "token"
     dist_variant: str = "prompt"
-    method_config: MethodConfig = field(default_factory=MethodConfig)
+    # per method name: its settings (its Settings dataclass or a dict of its fields); absent = defaults
+    method_settings: dict = field(default_factory=dict)
     prompt_filters: dict = field(default_factory=dict)
 
 
@@ -108,7 +110,7 @@ def generation_key(cfg: EvalConfig, method: str, seed: int, prompts: list[str], 
 
 
 def generate_cached(gen: Generator, cfg: EvalConfig, prompts: list[str], seed: int, out_dir: str,
-                    progress=True, stop_after_batches: int | None = None) -> tuple[str, list[list[str]]]:
+                    progress=True) -> tuple[str, list[list[str]]]:
     settings = gen.settings()
     key = generation_key(cfg, gen.method, seed, prompts, settings)
     path = os.path.join(out_dir, "generations", f"{gen.method}-seed{seed}-{key}.jsonl")
@@ -120,24 +122,20 @@ def generate_cached(gen: Generator, cfg: EvalConfig, prompts: list[str], seed: i
     todo = [(bi, s) for bi, s in enumerate(starts) if any(i not in done for i in range(s, min(s + bs, len(prompts))))]
     if done and todo:
         print(f"{gen.method} seed {seed}: resuming, {len(done)} of {len(prompts)} prompts already generated")
-    ran = 0
     with open(path, "a", encoding="utf-8") as f:
         for bi, s in tqdm(todo, desc=f"{gen.method} seed {seed}", unit="batch", disable=not progress):
             chunk = prompts[s:s + bs]
-            res = gen.generate_batch(chunk, num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens,
-                                     top_p=cfg.top_p, temperature=cfg.temperature, seed=batch_seed(seed, bi))
-            chains = getattr(gen, "last_chains", None) if gen.method == "cmd" else None  # CMD: keep the chains
+            res = gen.run_batch(chunk, num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens,
+                                top_p=cfg.top_p, temperature=cfg.temperature, seed=batch_seed(seed, bi))
+            # the method's extra outputs (CMD: "chains") are kept beside the continuations
             lines = "".join(json.dumps({"prompt_index": s + i, "continuations": c,
-                                        **({"chains": chains[i]} if chains else {})}, ensure_ascii=False) + "\n"
-                            for i, c in enumerate(res))
+                                        **{k: v[i] for k, v in res.extras.items()}}, ensure_ascii=False) + "\n"
+                            for i, c in enumerate(res.texts))
             f.write(lines)
             f.flush()
             os.fsync(f.fileno())
-            for i, c in enumerate(res):
+            for i, c in enumerate(res.texts):
                 done[s + i] = c
-            ran += 1
-            if stop_after_batches is not None and ran >= stop_after_batches:
-                raise KeyboardInterrupt("stopped on request (stop_after_batches)")
     return path, [done[i] for i in range(len(prompts))]
 
 
@@ -157,19 +155,33 @@ def _versions() -> dict:
     return v
 
 
-def run_eval(cfg: EvalConfig, out_dir: str, progress: bool = True, scorer=None, _models=None) -> dict:
-    """Run the whole evaluation; returns the results dict (also written to ``out_dir``)."""
+def method_settings(cfg: EvalConfig) -> dict:
+    """The validated settings of every method of ``cfg`` (the defaults where none are given)."""
+    unknown = sorted(set(cfg.method_settings) - set(cfg.methods))
+    for name in unknown:
+        registry.get(name)  # an unknown method name is an error; settings of a method not run are ignored
+    return {m: registry.settings_for(m, cfg.method_settings.get(m)) for m in cfg.methods}
+
+
+def run_eval(cfg: EvalConfig, out_dir: str, progress: bool = True, scorer=None, model=None) -> dict:
+    """Run the whole evaluation; returns the results dict (also written to ``out_dir``).
+
+    ``scorer``: a loaded toxicity scorer instead of ``cfg.scorer``; ``model``: a loaded
+    ``(model, tokenizer)`` pair to use as the base model ``cfg.model``. Only the models that the
+    requested methods need are loaded (the toxic model only for methods that contrast with one).
+    """
     from .models import load_causal_lm
     from .scorers import load_scorer, default_scorer
 
     t_start = time.time()
+    settings = method_settings(cfg)  # user errors before anything is loaded
     os.makedirs(out_dir, exist_ok=True)
     prompts, prompt_desc = load_prompt_texts(cfg)
     if scorer is None:
         scorer = load_scorer(cfg.scorer) if cfg.scorer else default_scorer()
-    base = _models or load_causal_lm(cfg.model)
+    base = model or load_causal_lm(cfg.model)
     toxic = None
-    if any(m != "none" for m in cfg.methods):
+    if registry.needs_toxic(cfg.methods):
         from .toxic import resolve_toxic_model
 
         toxic_name = cfg.toxic_model if cfg.toxic_model else resolve_toxic_model(None)
@@ -188,10 +200,8 @@ def run_eval(cfg: EvalConfig, out_dir: str, progress: bool = True, scorer=None, 
                             "dist": f"Dist-n {cfg.dist_variant}, whitespace tokens"}}
     per_prompt_max = {}
     for method in cfg.methods:
-        gen = Generator(method, model=base, toxic_model=toxic, config=cfg.method_config)
-        gen.model_name = cfg.model
-        if toxic is not None:
-            gen.toxic_name = str(cfg.toxic_model or "smollm2-135m-instruct-toxic")
+        gen = Generator(method, model=base, toxic_model=toxic, settings=settings[method], model_name=cfg.model,
+                        toxic_name=str(cfg.toxic_model or "smollm2-135m-instruct-toxic"))
         runs = []
         for seed in cfg.seeds:
             path, conts = generate_cached(gen, cfg, prompts, seed, out_dir, progress=progress)
@@ -243,7 +253,7 @@ def _ppl_cached(model, name, prompts, conts, gen_path, out_dir):
 
 def _config_dict(cfg: EvalConfig) -> dict:
     d = asdict(cfg)
-    d["method_config"] = asdict(cfg.method_config)
+    d["method_settings"] = {m: s.to_dict() for m, s in method_settings(cfg).items()}
     return d
 
 

@@ -398,17 +398,3 @@ def resolve_subspace(path: str | None, model_name: str) -> str:
     raise FileNotFoundError(
         f"no SASA subspace for model {model_name!r}: pass --subspace FILE, or fit one with "
         f"`detox fit-sasa --model {model_name} --data ../shared/data/toxigen` (looked in: {', '.join(candidates)})")
-
-
-def make_sasa_decoder(model, model_name: str, config):
-    """A :class:`~detox.generation.sasa.SASADecoder` from a ``MethodConfig`` (used by the driver)."""
-    from .generation.sasa import SASADecoder
-
-    path = resolve_subspace(config.sasa_subspace, model_name)
-    sub = Subspace.load(path)
-    if sub.model != model_name and os.path.basename(str(sub.model).rstrip("/")) != os.path.basename(str(model_name).rstrip("/")):
-        print(f"warning: the subspace {path} was fitted on {sub.model!r}, generating with {model_name!r}",
-              file=sys.stderr)
-    config.sasa_subspace = path
-    return SASADecoder(model, sub.direction, sub.midpoint, beta=config.sasa_beta, mode=config.sasa_mode,
-                       max_candidates=config.sasa_max_candidates, outside=config.sasa_outside)

@@ -89,7 +89,9 @@ def add_parsers(sub) -> None:
     s.add_argument("--num-continuations", type=int, default=8, help="continuations per prompt (paper: 25; default: 8)")
     s.add_argument("--max-new-tokens", type=int, default=20, help="tokens per continuation (default: 20)")
     s.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling top-p (default: 0.9)")
-    s.add_argument("--fill-method", default="none", choices=["none", "socd"],
+    from .. import methods as registry
+
+    s.add_argument("--fill-method", default="none", choices=[n for n in registry.names() if n != "cmd"],
                    help="decoding of the mask filler (default: none = plain sampling; socd needs the toxic model)")
     s.add_argument("--fill-candidates", type=int, default=4, help="sampled fillings per mask (default: 4)")
     s.add_argument("--toxic-model", default=None, help="toxic model for --fill-method socd (default: the embedded one)")

@@ -5,15 +5,19 @@ detoxify step by step.`` the model writes the chain up to ``# Generation:`` (a s
 ``chain_tokens`` tokens); (2) from the prompt and that chain it writes the continuation
 (``max_new_tokens``, as for every other method), cut at the chain's closing `` #``. A chain that
 never reached ``# Generation:`` within the budget gets the step appended, so every row still has a
-continuation of the same length budget; :attr:`ChainStats` counts those.
+continuation of the same length budget; :class:`ChainStats` counts those.
+
+Both functions return a :class:`~detox.methods.base.GenerationResult`: the continuations, the full
+chains as the extra output ``chains`` and this batch's :class:`ChainStats` as ``stats``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 
+from ..methods.base import GenerationResult, Models, Sampling
 from . import chain as C
 
 
@@ -34,30 +38,29 @@ def _cut_chain(text: str) -> tuple[str, bool]:
 
 
 @torch.inference_mode()
-def generate_chain_batch(gen, prompts: list[str], *, num_samples=1, max_new_tokens=20, top_p=0.9, temperature=1.0,
-                         do_sample=True, seed=0, chain_tokens: int = 96) -> list[list[str]]:
-    """``result[i][j]``: the generation part of sample j of prompt i; the full chains are kept in
-    ``gen.last_chains`` (same layout) and counts in ``gen.chain_stats``."""
-    tok, model = gen.tokenizer, gen.model
-    gen.validate(prompts, max_new_tokens + chain_tokens)
-    kw = dict(do_sample=do_sample, pad_token_id=tok.pad_token_id)
-    if do_sample:
-        kw.update(top_p=top_p, temperature=temperature, top_k=0)
+def generate_chain_batch(models: Models, prompts: list[str], s: Sampling, *, chain_tokens: int = 96
+                         ) -> GenerationResult:
+    """``texts[i][j]``: the generation part of sample j of prompt i; ``extras["chains"]`` the full
+    chains (same layout), ``stats`` the batch's :class:`ChainStats`."""
+    tok, model = models.tokenizer, models.model
+    num_samples, max_new_tokens = s.num_samples, s.max_new_tokens
+    models.check_prompts(prompts, max_new_tokens + chain_tokens)
+    kw = _sampling_kwargs(tok, s)
     prefixes = [C.inference_prefix(p) for p in prompts]
     enc = tok(prefixes, return_tensors="pt", padding=True, padding_side="left")
-    ids, mask = enc["input_ids"].to(gen.device), enc["attention_mask"].to(gen.device)
-    torch.manual_seed(seed)
+    ids, mask = enc["input_ids"].to(models.device), enc["attention_mask"].to(models.device)
+    torch.manual_seed(s.seed)
     out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=chain_tokens,
                          num_return_sequences=num_samples, stop_strings=[C.GENERATION], tokenizer=tok, **kw)
     chains = tok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
     cut = [_cut_chain(c) for c in chains]
     rows = [prefixes[i // num_samples] + " " + c.strip() for i, (c, _) in enumerate(cut)]
     enc2 = tok(rows, return_tensors="pt", padding=True, padding_side="left")
-    ids2, mask2 = enc2["input_ids"].to(gen.device), enc2["attention_mask"].to(gen.device)
+    ids2, mask2 = enc2["input_ids"].to(models.device), enc2["attention_mask"].to(models.device)
     out2 = model.generate(input_ids=ids2, attention_mask=mask2, max_new_tokens=max_new_tokens, **kw)
     conts = tok.batch_decode(out2[:, ids2.shape[1]:], skip_special_tokens=True)
     gens, full = [], []
-    st = getattr(gen, "chain_stats", None) or ChainStats()
+    st = ChainStats()
     for (c, reached), g, r in zip(cut, conts, rows):
         end = g.find(" #")
         closed = end >= 0
@@ -70,10 +73,20 @@ def generate_chain_batch(gen, prompts: list[str], *, num_samples=1, max_new_toke
         st.said_toxic += p.toxic is True
         st.said_non_toxic += p.toxic is False
         st.closed += closed
-    gen.chain_stats = st
-    n = num_samples
-    gen.last_chains = [full[i * n:(i + 1) * n] for i in range(len(prompts))]
-    return [gens[i * n:(i + 1) * n] for i in range(len(prompts))]
+    return _result(gens, full, st, num_samples)
+
+
+def _sampling_kwargs(tok, s: Sampling) -> dict:
+    kw = dict(do_sample=s.do_sample, pad_token_id=tok.pad_token_id)
+    if s.do_sample:
+        kw.update(top_p=s.top_p, temperature=s.temperature, top_k=0)
+    return kw
+
+
+def _result(gens: list[str], full: list[str], st: ChainStats, n: int) -> GenerationResult:
+    rows = len(gens) // n
+    return GenerationResult([gens[i * n:(i + 1) * n] for i in range(rows)],
+                            extras={"chains": [full[i * n:(i + 1) * n] for i in range(rows)]}, stats=asdict(st))
 
 
 def _phrase_logprob(model, tok, contexts: list[str], phrase: str, device) -> torch.Tensor:
@@ -89,30 +102,21 @@ def _phrase_logprob(model, tok, contexts: list[str], phrase: str, device) -> tor
     return (tok_lp * in_phrase[:, 1:].to(device)).sum(-1)
 
 
-def _hash_token_ids(gen) -> list[int]:
-    ids = getattr(gen, "_cmd_hash_ids", None)
-    if ids is None:
-        toks = gen.tokenizer.convert_ids_to_tokens(list(range(len(gen.tokenizer))))
-        ids = gen._cmd_hash_ids = [i for i, t in enumerate(toks) if t and "#" in t]
-    return ids
-
-
 @torch.inference_mode()
-def generate_guided_chain_batch(gen, prompts: list[str], *, num_samples=1, max_new_tokens=20, top_p=0.9,
-                                temperature=1.0, do_sample=True, seed=0, chain_tokens: int = 96) -> list[list[str]]:
+def generate_guided_chain_batch(models: Models, prompts: list[str], s: Sampling, *, chain_tokens: int = 96,
+                                hash_ids: list[int]) -> GenerationResult:
     """Guided chain: the step headers of the chain are written by the driver, the model writes each step.
 
     The model decides "toxic" / "not toxic" (the likelier of the two step texts), then writes the
     masked prompt and the detoxified prompt (each up to its first "#"), then the generation:
     ``max_new_tokens`` tokens in which "#" tokens are suppressed, so that, as with every other method,
     the scored continuation is a full-length sample (the driver closes the chain with " #").
-    Same outputs as :func:`generate_chain_batch`.
+    ``hash_ids``: the token ids containing "#". Same outputs as :func:`generate_chain_batch`.
     """
-    tok, model, dev = gen.tokenizer, gen.model, gen.device
-    gen.validate(prompts, max_new_tokens + chain_tokens)
-    kw = dict(do_sample=do_sample, pad_token_id=tok.pad_token_id)
-    if do_sample:
-        kw.update(top_p=top_p, temperature=temperature, top_k=0)
+    tok, model, dev = models.tokenizer, models.model, models.device
+    num_samples, max_new_tokens = s.num_samples, s.max_new_tokens
+    models.check_prompts(prompts, max_new_tokens + chain_tokens)
+    kw = _sampling_kwargs(tok, s)
 
     def run(texts, n_new, stop=True, suppress=None):
         enc = tok(texts, return_tensors="pt", padding=True, padding_side="left")
@@ -129,7 +133,7 @@ def generate_guided_chain_batch(gen, prompts: list[str], *, num_samples=1, max_n
     n = num_samples
     rows = [prefixes[i // n] for i in range(len(prompts) * n)]
     toxic = [toxic_p[i // n] for i in range(len(rows))]
-    torch.manual_seed(seed)
+    torch.manual_seed(s.seed)
     ctx = [f"{r} {C.TOXIC if t else C.NON_TOXIC}" for r, t in zip(rows, toxic)]
     tix = [i for i, t in enumerate(toxic) if t]
     if tix:
@@ -141,14 +145,8 @@ def generate_guided_chain_batch(gen, prompts: list[str], *, num_samples=1, max_n
         for i, s, f in zip(tix, sub, filled):
             ctx[i] = f"{s} {f}"
     ctx = [f"{c} {C.GENERATION}" for c in ctx]
-    conts = run(ctx, max_new_tokens, stop=False, suppress=_hash_token_ids(gen))
-    st = getattr(gen, "chain_stats", None) or ChainStats()
-    st.rows += len(rows)
-    st.reached_generation += len(rows)
-    st.said_toxic += sum(toxic)
-    st.said_non_toxic += len(rows) - sum(toxic)
-    st.closed += len(rows)
-    gen.chain_stats = st
+    conts = run(ctx, max_new_tokens, stop=False, suppress=hash_ids)
+    st = ChainStats(rows=len(rows), reached_generation=len(rows), said_toxic=sum(toxic),
+                    said_non_toxic=len(rows) - sum(toxic), closed=len(rows))
     full = [f"{c} {g.strip()}{C.END}" for c, g in zip(ctx, conts)]
-    gen.last_chains = [full[i * n:(i + 1) * n] for i in range(len(prompts))]
-    return [conts[i * n:(i + 1) * n] for i in range(len(prompts))]
+    return _result(conts, full, st, n)

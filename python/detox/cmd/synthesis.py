@@ -45,7 +45,7 @@ class SynthesisConfig:
     negative_threshold: float = 0.3     # negatives must be > this
     max_negatives: int = 3
     fill_candidates: int = 4
-    fill_method: str = "none"           # "none" (plain sampling) or "socd"
+    fill_method: str = "none"           # a method of detox.methods with its defaults: "none" (plain sampling), "socd", ...
     max_spans: int = 3
     detector_max_rounds: int = 4
     detector_target: float = 0.3        # the detector masks words until the rest scores <= this
@@ -221,14 +221,17 @@ def synthesize(prompts: list[str], out_dir: str, *, model=None, scorer=None, det
     cfg = cfg or SynthesisConfig()
     if not prompts:
         raise ValueError("no prompts to synthesise from")
-    if cfg.fill_method not in ("none", "socd"):
-        raise ValueError(f"fill_method must be none or socd, got {cfg.fill_method!r}")
+    from .. import methods as registry
+
+    if registry.get(cfg.fill_method).extra_outputs or cfg.fill_method == "cmd":
+        raise ValueError(f"fill_method must be a decoding method other than cmd, got {cfg.fill_method!r}")
     os.makedirs(out_dir, exist_ok=True)
     scorer = scorer if scorer is not None and not isinstance(scorer, str) else (load_scorer(scorer) if scorer else default_scorer())
     detector = detector or OcclusionDetector(scorer, threshold=cfg.detector_target, max_rounds=cfg.detector_max_rounds)
     model = model if model is not None else "smollm2-135m-instruct"
     gen = Generator("none", model=model)
-    fill_gen = gen if cfg.fill_method == "none" else Generator("socd", model=(gen.model, gen.tokenizer), toxic_model=toxic_model)
+    fill_gen = gen if cfg.fill_method == "none" else Generator(cfg.fill_method, model=(gen.model, gen.tokenizer),
+                                                               toxic_model=toxic_model, model_name=gen.model_name)
     path = os.path.join(out_dir, "records.jsonl")
     _check_meta(out_dir, prompts, cfg, model)
     done = {r["index"]: r for r in _read_records(path)}

@@ -25,11 +25,20 @@ def cmd_rewrite(args) -> int:
     if not os.path.exists(args.input):
         print(f"error: input not found: {args.input}", file=sys.stderr)
         return 2
+    from ..methods._cli import method_settings_from_args, options_for_other_methods
+
+    ignored = options_for_other_methods(args, [args.mode])
+    if ignored:
+        print(f"warning: {', '.join(ignored)} ignored with --mode {args.mode}", file=sys.stderr)
+    try:
+        settings = {} if args.mode == "prompt" else method_settings_from_args(args, [args.mode])[args.mode].to_dict()
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     cfg = RewriteConfig(mode=args.mode, model=args.model, toxic_model=args.toxic_model, template=args.template,
                         temperatures=args.temperatures, samples_per_temperature=args.samples_per_temperature,
                         top_p=args.top_p, max_new_tokens=args.max_new_tokens, max_input_tokens=args.max_input_tokens,
-                        lam=args.lam, scorer=args.scorer, embedder=args.embedder, divergence=args.divergence,
-                        k_min=args.k_min, k_max=args.k_max, preset=args.preset, seed=args.seed,
+                        lam=args.lam, scorer=args.scorer, embedder=args.embedder, method_settings=settings, seed=args.seed,
                         batch_size=args.batch_size)
     try:
         cfg.validate()
@@ -118,10 +127,6 @@ def add_commands(sub) -> None:
     r.add_argument("--lambda", dest="lam", type=float, default=0.5, help="fusion weight of (1 - toxicity)")
     r.add_argument("--scorer", default=None, help="toxicity scorer: jigsaw, profanity, detoxify:CKPT[:CFG], HF dir (default: jigsaw offline)")
     r.add_argument("--embedder", default=None, help="sentence-transformers / HF encoder directory (default: embedded all-MiniLM-L6-v2)")
-    r.add_argument("--divergence", default="l2", choices=["fkl", "rkl", "skl", "jsd", "tvd", "l2"], help="SoCD divergence")
-    r.add_argument("--k-min", type=int, default=10, help="SoCD k_min")
-    r.add_argument("--k-max", type=int, default=None, help="SoCD k_max (default V/2)")
-    r.add_argument("--preset", default=None, choices=["paper", "hspd-code"], help="SoCD preset")
     r.add_argument("--batch-size", type=int, default=8, help="texts per generate call (each expanded to all candidates)")
     r.add_argument("--limit", type=int, default=None, help="only the first N valid texts")
     r.add_argument("--seed", type=int, default=0, help="seed; each candidate is seeded from (seed, text index, candidate)")
@@ -130,6 +135,9 @@ def add_commands(sub) -> None:
     r.add_argument("--window", type=int, default=64, help="Ray: shards submitted per Ray Data job")
     r.add_argument("--ray-address", default=None, help="Ray: an existing cluster (default: start a local one)")
     r.add_argument("--overwrite", action="store_true", help="discard a previous run's work directory")
+    from ..methods._cli import add_method_options
+
+    add_method_options(r, [m for m in MODES if m != "prompt"])  # the --mode method's settings
     r.set_defaults(func=cmd_rewrite)
 
     f = sub.add_parser("finetune", help="fine-tune a model on a corpus (e.g. the rewritten one), full or LoRA",

@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from ..generation.processors import ContrastiveDecodingLogitsProcessor, SoCDLogitsProcessor
+from .. import methods as registry
 from .rank import TextEmbedder, dedupe, fusion_scores
 from .sampling import RowSeededSampler, hash32
 from .templates import load_template
 
-MODES = ("prompt", "cd", "socd")
+MODES = ("prompt", "cd", "socd")  # prompt: the base model alone; cd / socd: that method of detox.methods
 
 
 @dataclass
@@ -41,12 +41,7 @@ class RewriteConfig:
     lam: float = 0.5
     scorer: str | None = None               # None: the default scorer (jigsaw offline)
     embedder: str | None = None             # None: the embedded all-MiniLM-L6-v2
-    divergence: str = "l2"
-    k_min: int = 10
-    k_max: int | None = None
-    preset: str | None = None
-    cd_alpha: float = 0.1
-    cd_beta: float = 0.5
+    method_settings: dict = field(default_factory=dict)  # the settings of the mode's method (socd / cd)
     seed: int = 0
     batch_size: int = 8                     # texts per generate call (the shard size)
     dtype: str = "float32"
@@ -54,6 +49,11 @@ class RewriteConfig:
     def validate(self):
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
+        if self.mode == "prompt":
+            if self.method_settings:
+                raise ValueError("mode prompt takes no method settings")
+        else:  # every field, defaults included, so that the resume key does not depend on how they were given
+            self.method_settings = registry.settings_for(self.mode, self.method_settings).to_dict()
         if not self.temperatures or any(t <= 0 for t in self.temperatures):
             raise ValueError(f"temperatures must be positive, got {self.temperatures}")
         if self.samples_per_temperature < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
@@ -80,8 +80,8 @@ class Rewriter:
         else:
             self.model, self.tok = load_causal_lm(cfg.model, dtype=cfg.dtype, device=self.device, quiet=True)
             toxic = None
-        self.toxic, self.vocab_size = None, None
-        if cfg.mode in ("cd", "socd"):
+        self.toxic, self.vocab_size, self.method = None, None, None
+        if cfg.mode != "prompt":
             if toxic is None:
                 from ..toxic import resolve_toxic_model
 
@@ -89,6 +89,9 @@ class Rewriter:
                                        quiet=True)
             self.vocab_size = check_same_vocabulary(self.tok, toxic[1], self.model, toxic[0])
             self.toxic = toxic[0].eval()
+            models = registry.Models(self.model, self.tok, str(cfg.model), device=self.device, toxic=self.toxic,
+                                     vocab_size=self.vocab_size)
+            self.method = registry.get(cfg.mode)(registry.settings_for(cfg.mode, cfg.method_settings), models)
         self.scorer = scorer if scorer is not None else load_scorer(cfg.scorer)
         self.embedder = embedder if embedder is not None else TextEmbedder(cfg.embedder, device=self.device)
         self.timing = {"generate": 0.0, "score": 0.0, "embed": 0.0, "other": 0.0}
@@ -97,13 +100,7 @@ class Rewriter:
 
     def _processors(self, mask, seeds, temps, prompt_len):
         c = self.cfg
-        procs = []
-        common = dict(attention_mask=mask, pad_token_id=self.tok.pad_token_id, vocab_size=self.vocab_size)
-        if c.mode == "socd":
-            procs.append(SoCDLogitsProcessor(self.toxic, divergence=c.divergence, k_min=c.k_min, k_max=c.k_max,
-                                             preset=c.preset, **common))
-        elif c.mode == "cd":
-            procs.append(ContrastiveDecodingLogitsProcessor(self.toxic, alpha=c.cd_alpha, beta=c.cd_beta, **common))
+        procs = [] if self.method is None else [self.method.processor(mask)]
         procs.append(RowSeededSampler(seeds, temps, prompt_len, top_p=c.top_p))
         return LogitsProcessorList(procs)
 
