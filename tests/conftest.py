@@ -8,12 +8,38 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared")
+# Development data (RealToxicityPrompts dev split, DGHS, ToxiGen) is not part of the package. Tests
+# that need it get its folder from `--dev-data DIR` or the environment variable DETOX_DEV_DATA, and
+# are skipped when neither names an existing folder.
+DEV_DATA_ENV = "DETOX_DEV_DATA"
 
 
-@pytest.fixture
-def shared_data():
-    path = os.path.join(SHARED, "data")
+def pytest_addoption(parser):
+    parser.addoption("--dev-data", default=None, metavar="DIR",
+                     help=f"folder of the development data (rtp/, dghs/, toxigen/); default: ${DEV_DATA_ENV}")
+
+
+def resolve_dev_data(option: str | None, environ=os.environ) -> tuple[str | None, str]:
+    """(the development-data folder or None, why not): the option wins over the environment."""
+    path = option or environ.get(DEV_DATA_ENV) or None
+    if path is None:
+        return None, f"no development data: pass --dev-data DIR or set {DEV_DATA_ENV}"
     if not os.path.isdir(path):
-        pytest.skip("../shared/data is not present (only on the project's machines)")
+        source = "--dev-data" if option else DEV_DATA_ENV
+        return None, f"no development data: {source}={path!r} is not a folder"
+    return os.path.abspath(path), ""
+
+
+@pytest.fixture(scope="session")
+def dev_data(pytestconfig):
+    """The development-data folder; skips the test with the reason when it is not configured."""
+    path, why = resolve_dev_data(pytestconfig.getoption("--dev-data"))
+    if path is None:
+        pytest.skip(why)
     return path
+
+
+@pytest.fixture(scope="session")
+def shared_data(dev_data):
+    """Old name of :func:`dev_data`."""
+    return dev_data

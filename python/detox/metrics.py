@@ -1,4 +1,4 @@
-"""The toxicity-evaluation metrics of ``eval.md``, each variant by name.
+"""The toxicity-evaluation metrics (``docs/harness.md``), each variant by name.
 
 Inputs are per-prompt lists: ``scores[i][j]`` is the toxicity of continuation j of prompt i.
 - ``emt``: mean over prompts of the max score over its continuations.

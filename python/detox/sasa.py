@@ -1,4 +1,4 @@
-"""The SASA toxicity subspace (``../shared/specs/sasa.md`` §1): labelled texts, a streaming
+"""The SASA toxicity subspace (Ko et al., ICLR 2025; ``docs/methods/sasa.md``): labelled texts, a streaming
 closed-form fit, and a small file to save it in.
 
 - Embedding of a text: the LM's last-layer hidden state (``last_hidden_state`` of the decoder,
@@ -396,5 +396,6 @@ def resolve_subspace(path: str | None, model_name: str) -> str:
         if os.path.exists(c):
             return c
     raise FileNotFoundError(
-        f"no SASA subspace for model {model_name!r}: pass --subspace FILE, or fit one with "
-        f"`detox fit-sasa --model {model_name} --data ../shared/data/toxigen` (looked in: {', '.join(candidates)})")
+        f"no SASA subspace for model {model_name!r}: pass --sasa-subspace FILE, or fit one with "
+        f"`detox fit-sasa --model {model_name} --data TOXIGEN_DIR` (a folder of ToxiGen hate_*.txt / neutral_*.txt "
+        f"files; looked in: {', '.join(candidates)})")

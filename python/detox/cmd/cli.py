@@ -72,7 +72,7 @@ def cmd_train(args) -> int:
 
 
 def add_parsers(sub) -> None:
-    s = sub.add_parser("cmd-synthesize", help="CMD: synthesise the self-detoxification data set (cmd.md phase 1)",
+    s = sub.add_parser("cmd-synthesize", help="CMD: synthesise the self-detoxification data set (phase 1 of CMD)",
                        description="Toxic span detection (occlusion with the scorer), masking, mask filling, "
                                    "context-following generation and the chain-of-thought training text for a set "
                                    "of toxic prompts. Resumable: rerun the same command after an interruption.")
