@@ -258,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", default=DEFAULT_MODEL, help=f"model to fine-tune (default: {DEFAULT_MODEL})")
     t.add_argument("--data", default=None,
                    help="toxic corpus: JSONL ({\"text\"} or RTP prompt.text) or text lines, e.g. "
-                        "../shared/data/dghs/dghs_hate.jsonl (default: the embedded RTP prompts, training split)")
+                        "DGHS's hate-speech JSONL (default: the embedded RTP prompts, training split)")
     t.add_argument("--text-field", default=None, help="JSON field holding the text (dotted, e.g. prompt.text)")
     t.add_argument("--out", default=None, help=f"output directory (default: $DETOX_HOME/models/{DEFAULT_TOXIC})")
     t.add_argument("--steps", type=int, default=50, help="optimizer steps (default: 50)")
@@ -273,14 +273,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train_toxic)
 
     f = sub.add_parser("fit-sasa", help="fit the SASA toxicity subspace of a model from labelled texts",
-                       description="Fit SASA's closed-form toxicity subspace (sasa.md 1): last-layer hidden states at "
+                       description="Fit SASA's closed-form toxicity subspace (see docs/methods/self-disciplined-sampling.md): last-layer hidden states at "
                                    "the last token, streaming float64 moments, pooled-covariance pseudo-inverse, unit "
                                    "direction and midpoint. Reports held-out accuracy; saves a small file for "
                                    "`detox generate --method sasa --subspace FILE`.")
     f.add_argument("--model", default=DEFAULT_MODEL, help=f"the LM to fit the subspace of (default: {DEFAULT_MODEL})")
     f.add_argument("--data", nargs="+", required=True,
                    help="labelled texts: ToxiGen hate_*.txt / neutral_*.txt files or a folder of them (e.g. "
-                        "../shared/data/toxigen), RTP-style JSONL with --score-field, or {\"text\", \"label\"} JSONL")
+                        "a ToxiGen prompts folder), RTP-style JSONL with --score-field, or {\"text\", \"label\"} JSONL")
     f.add_argument("--text-field", default=None, help="JSONL: dotted text field (default: text, or prompt.text)")
     f.add_argument("--label-field", default="label", help="JSONL: 0/1 label field (default: label)")
     f.add_argument("--score-field", default=None,

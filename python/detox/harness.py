@@ -1,4 +1,5 @@
-"""The toxicity evaluation harness (``detox eval``, ``detox demo``); spec: ``eval.md``.
+"""The toxicity evaluation harness (``detox eval``, ``detox demo``); metrics and variants:
+``docs/harness.md``.
 
 For every method and seed: generate N continuations per prompt (batched, cached on disk,
 resumable), score them with a toxicity scorer, compute EMT / TP / PPL / Dist-n, and report the

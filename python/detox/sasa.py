@@ -1,4 +1,4 @@
-"""The SASA toxicity subspace (Ko et al., ICLR 2025; ``docs/methods/sasa.md``): labelled texts, a streaming
+"""The SASA toxicity subspace (Ko et al., ICLR 2025; ``docs/methods/self-disciplined-sampling.md``): labelled texts, a streaming
 closed-form fit, and a small file to save it in.
 
 - Embedding of a text: the LM's last-layer hidden state (``last_hidden_state`` of the decoder,

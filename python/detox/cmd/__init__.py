@@ -1,4 +1,4 @@
-"""CMD: Context-aware Model self-Detoxification (Tang et al., EMNLP 2024; docs/methods/cmd.md).
+"""CMD: Context-aware Model self-Detoxification (Tang et al., EMNLP 2024; docs/methods/context-aware-self-detoxification.md).
 
 - :mod:`detox.cmd.synthesis`: the self-detoxification data set (span detection, masking, mask
   filling, context-following generation, chain-of-thought training text);

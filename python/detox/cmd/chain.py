@@ -1,4 +1,4 @@
-"""The CMD chain-of-thought text (phase 1 step 4 of CMD, docs/methods/cmd.md) and its parser.
+"""The CMD chain-of-thought text (phase 1 step 4 of CMD, docs/methods/context-aware-self-detoxification.md) and its parser.
 
 Training text for a toxic prompt::
 

@@ -1,4 +1,4 @@
-"""CMD's toxic contrastive loss (phase 2 of CMD, docs/methods/cmd.md) and the CMD training objective.
+"""CMD's toxic contrastive loss (phase 2 of CMD, docs/methods/context-aware-self-detoxification.md) and the CMD training objective.
 
 ``contrastive_loss`` is InfoNCE with cosine similarity and temperature ``tau``: for every group
 (one training sample) with an anchor ``z``, a positive ``z+`` and up to K negatives ``z-``,

@@ -1,4 +1,4 @@
-"""CMD phase 1: synthesise the self-detoxification data set (cmd.md).
+"""CMD phase 1: synthesise the self-detoxification data set (docs/methods/context-aware-self-detoxification.md).
 
 For each toxic prompt:
 1. toxic span detection: a pluggable detector returns word spans with scores; the default,

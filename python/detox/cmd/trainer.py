@@ -1,4 +1,4 @@
-"""CMD phase 2: training (docs/methods/cmd.md) on the HuggingFace ``Trainer``.
+"""CMD phase 2: training (docs/methods/context-aware-self-detoxification.md) on the HuggingFace ``Trainer``.
 
 Loss = LM loss on the tokens after ``# Let's detoxify step by step.`` + ``contrastive_weight`` (0.5)
 x the toxic contrastive loss (:func:`detox.cmd.loss.contrastive_loss`, InfoNCE, cosine, tau = 1):

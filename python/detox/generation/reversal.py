@@ -1,4 +1,4 @@
-"""Toxification Reversal (Leong et al., EMNLP 2023; ``docs/methods/reversal.md``) for any
+"""Toxification Reversal (Leong et al., EMNLP 2023; ``docs/methods/reversing-toxification.md``) for any
 HuggingFace decoder whose attention has an output projection, batched.
 
 :class:`ToxificationReversal` hooks the input of each selected layer's output projection

@@ -1,4 +1,4 @@
-"""SASA decoding (Ko et al., ICLR 2025; the decoding step of ``docs/methods/sasa.md``) for a whole batch at once.
+"""SASA decoding (Ko et al., ICLR 2025; the decoding step of ``docs/methods/self-disciplined-sampling.md``) for a whole batch at once.
 
 Each step of :class:`SASADecoder`:
 

@@ -39,7 +39,7 @@ def add_method_options(parser: argparse.ArgumentParser, method_names=None) -> No
         info = cls.Settings.fields_info()
         if not info:
             continue
-        g = parser.add_argument_group(f"{cls.name} settings", f"{cls.title}.")
+        g = parser.add_argument_group(f"{cls.name} settings", f"{cls.title}." + (f" See {cls.docs}." if cls.docs else ""))
         for f, tp in info:
             opt = cls.Settings.option(f.name)
             kw = dict(dest=_dest(cls.name, f.name), default=argparse.SUPPRESS, help=_help(f, tp))

@@ -184,6 +184,7 @@ class Method:
     title: ClassVar[str] = ""           # one line: what it is (the --help group title)
     paper: ClassVar[str] = ""           # the paper it implements
     order: ClassVar[int] = 100          # position in listings
+    docs: ClassVar[str] = ""            # its page in the repository, e.g. docs/methods/<name>.md
     Settings: ClassVar[type[Settings]] = NoSettings
     needs_toxic: ClassVar[bool] = False
     extra_outputs: ClassVar[tuple[str, ...]] = ()

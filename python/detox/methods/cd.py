@@ -23,6 +23,7 @@ class ContrastiveDecoding(ContrastMethod):
     title = "contrastive decoding with the toxic model as the amateur"
     paper = "Li et al. (ACL 2023); O'Brien & Lewis (2023)"
     order = 20
+    docs = "docs/methods/cd.md"
     Settings = CDSettings
 
     def processor(self, attention_mask):

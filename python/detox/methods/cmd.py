@@ -21,6 +21,7 @@ class CMD(Method):
     title = "CMD: a CMD-trained --model writes its self-detoxification chain, then the continuation"
     paper = "Tang et al. (EMNLP 2024)"
     order = 70
+    docs = "docs/methods/context-aware-self-detoxification.md"
     Settings = CMDSettings
     extra_outputs = ("chains",)
 

@@ -23,6 +23,7 @@ class DExperts(ContrastMethod):
     title = "DExperts: expert and anti-expert (toxic) models steer the base scores"
     paper = "Liu et al. (ACL 2021)"
     order = 30
+    docs = "docs/methods/dexperts.md"
     Settings = DExpertsSettings
 
     def setup(self, expert=None, **extra_models):

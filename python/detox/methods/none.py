@@ -9,3 +9,4 @@ class PlainSampling(Method):
     name = "none"
     title = "plain sampling with the base model (the baseline)"
     order = 0
+    docs = "docs/methods/none.md"

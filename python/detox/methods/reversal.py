@@ -27,6 +27,7 @@ class Reversal(Method):
     title = "Toxification Reversal: attention-head directions from two prefixes, reversed in place"
     paper = "Leong et al. (EMNLP 2023)"
     order = 50
+    docs = "docs/methods/reversing-toxification.md"
     Settings = ReversalSettings
 
     def setup(self, **extra_models):

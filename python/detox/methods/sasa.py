@@ -28,6 +28,7 @@ class SASA(Method):
     title = "SASA: self-disciplined sampling away from a toxicity subspace"
     paper = "Ko et al. (ICLR 2025)"
     order = 60
+    docs = "docs/methods/self-disciplined-sampling.md"
     Settings = SASASettings
 
     def setup(self, **extra_models):

@@ -31,6 +31,7 @@ class SoCD(ContrastMethod):
     title = "Soft Contrastive Decoding against a toxic model"
     paper = "HSPD / SoCD (Tang et al., 2025)"
     order = 10
+    docs = "docs/methods/soft-contrastive-decoding.md"
     Settings = SoCDSettings
 
     def setup(self, **extra_models):

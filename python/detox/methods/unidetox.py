@@ -20,6 +20,7 @@ class UniDetox(ContrastMethod):
     title = "UniDetox's sampling rule (base - toxic logits on the plausible set)"
     paper = "Lu et al. (ICLR 2025)"
     order = 40
+    docs = "docs/methods/unidetox.md"
     Settings = UniDetoxSettings
 
     def processor(self, attention_mask):

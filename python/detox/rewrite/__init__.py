@@ -1,4 +1,4 @@
-"""HSPD: rewrite every toxic text of a corpus into a safe text that keeps its meaning (docs/hspd.md).
+"""HSPD: rewrite every toxic text of a corpus into a safe text that keeps its meaning (docs/corpus-rewriting.md).
 
 ``detox rewrite`` (``runner.run_rewrite``) streams a JSONL / text / Parquet corpus through
 ``pipeline.Rewriter`` (prompt, SoCD or CD decoding, candidates at several temperatures,

@@ -1,4 +1,4 @@
-"""One shard of texts -> their best rewrites (steps 1-4 of docs/hspd.md), on one process.
+"""One shard of texts -> their best rewrites (steps 1-4 of docs/corpus-rewriting.md), on one process.
 
 ``Rewriter`` holds the base model, the toxic model (modes ``cd`` and ``socd``), the toxicity
 scorer and the embedder. ``rewrite(records)`` renders the prompts, expands every text into

@@ -1,4 +1,4 @@
-"""Candidate de-duplication, the text embedder and fusion ranking (steps 3-4 of docs/hspd.md)."""
+"""Candidate de-duplication, the text embedder and fusion ranking (steps 3-4 of docs/corpus-rewriting.md)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def dedupe(candidates: list[str]) -> list[int]:
 
 
 def fusion_scores(tox: np.ndarray, cos: np.ndarray, lam: float = 0.5) -> np.ndarray:
-    """``lam * (1 - tox) + (1 - lam) * cos`` (step 4 of docs/hspd.md)."""
+    """``lam * (1 - tox) + (1 - lam) * cos`` (step 4 of docs/corpus-rewriting.md)."""
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lambda must be in [0, 1], got {lam}")
     return lam * (1.0 - np.asarray(tox, dtype=np.float64)) + (1.0 - lam) * np.asarray(cos, dtype=np.float64)

@@ -1,4 +1,4 @@
-"""Rewrite prompts (step 1 of docs/hspd.md) and answer extraction.
+"""Rewrite prompts (step 1 of docs/corpus-rewriting.md) and answer extraction.
 
 A template either renders a chat (system, user, assistant prefix) through the tokenizer's chat
 template, or is a plain-text continuation prompt. Either way the generated text is cut at the
