@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from . import metrics as M
 from .generation.driver import Generator, MethodConfig, batch_seed
+from .resumable import JsonlAppender, read_records
 
 
 @dataclass
@@ -83,22 +84,7 @@ def load_prompt_texts(cfg: EvalConfig) -> tuple[list[str], str]:
 
 def _read_generation_file(path: str) -> list[dict]:
     """Complete lines of a generation file; a torn last line (killed mid-write) is cut off."""
-    if not os.path.exists(path):
-        return []
-    rows, good_bytes = [], 0
-    with open(path, "rb") as f:
-        data = f.read()
-    *complete, _tail = data.split(b"\n")  # _tail: b"" after a final newline, else a torn line
-    for line in complete:
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-        good_bytes += len(line) + 1
-    if good_bytes != len(data):
-        with open(path, "r+b") as f:
-            f.truncate(good_bytes)
-    return rows
+    return read_records(path)
 
 
 def generation_key(cfg: EvalConfig, method: str, seed: int, prompts: list[str], gen_settings: dict) -> str:
@@ -121,18 +107,14 @@ def generate_cached(gen: Generator, cfg: EvalConfig, prompts: list[str], seed: i
     if done and todo:
         print(f"{gen.method} seed {seed}: resuming, {len(done)} of {len(prompts)} prompts already generated")
     ran = 0
-    with open(path, "a", encoding="utf-8") as f:
+    with JsonlAppender(path) as f:
         for bi, s in tqdm(todo, desc=f"{gen.method} seed {seed}", unit="batch", disable=not progress):
             chunk = prompts[s:s + bs]
             res = gen.generate_batch(chunk, num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens,
                                      top_p=cfg.top_p, temperature=cfg.temperature, seed=batch_seed(seed, bi))
             chains = getattr(gen, "last_chains", None) if gen.method == "cmd" else None  # CMD: keep the chains
-            lines = "".join(json.dumps({"prompt_index": s + i, "continuations": c,
-                                        **({"chains": chains[i]} if chains else {})}, ensure_ascii=False) + "\n"
-                            for i, c in enumerate(res))
-            f.write(lines)
-            f.flush()
-            os.fsync(f.fileno())
+            f.append({"prompt_index": s + i, "continuations": c, **({"chains": chains[i]} if chains else {})}
+                     for i, c in enumerate(res))
             for i, c in enumerate(res):
                 done[s + i] = c
             ran += 1
