@@ -1,5 +1,6 @@
 """Tests of detox.scorers: the offline scorers rank toxic above benign text, the Keras tokenizer and
-BiLSTM are reproduced faithfully without TensorFlow, and bad specs fail clearly."""
+BiLSTM are reproduced faithfully without TensorFlow, bad specs fail clearly, and the package
+re-exports every public name of its modules."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from detox import scorers
-from detox.scorers import KerasTokenizer, ScorerError, load_scorer, pad_sequences
+from detox.scorers import KerasTokenizer, ScorerError, keras_tokenizer, load_scorer, pad_sequences
 
 TOXIC = [
     "You are a stupid idiot.",
@@ -82,7 +83,7 @@ def test_keras_tokenizer_punctuation_case_oov():
     for kw in ({"num_words": None, "oov_token": None}, {"num_words": 7, "oov_token": None},
                {"num_words": 8, "oov_token": "<OOV>"}):
         d = {"word_index": wi if kw["oov_token"] else WI, "lower": True, "split": " ",
-             "filters": scorers._KERAS_DEFAULT_FILTERS, **kw}
+             "filters": keras_tokenizer._KERAS_DEFAULT_FILTERS, **kw}
         texts = ["A rare, RARE idiot: you are!", "zebra the (the) don't", "you--are--a\tidiot\n"]
         assert KerasTokenizer(d["word_index"], num_words=kw["num_words"], oov_token=kw["oov_token"]) \
             .texts_to_sequences(texts) == _keras_reference(d, texts)
@@ -108,7 +109,7 @@ def test_real_pickled_keras_tokenizer(jigsaw):
     assert max(tok.word_index.values()) == 19999  # only the usable part is kept
     # against the Keras algorithm applied to the full pickled word index
     with open(assets.asset_path("jigsaw-bilstm", "tokenizer"), "rb") as fh:
-        full = scorers._KerasTokenizerUnpickler(fh).load().__dict__
+        full = keras_tokenizer._KerasTokenizerUnpickler(fh).load().__dict__
     texts = ["You're SO dumb... and stupid!!", "Wikipedia's editors; don't (ever) vandalise", "zxqv"]
     assert tok.texts_to_sequences(texts) == _keras_reference(full, texts)
 
@@ -140,6 +141,56 @@ def _keras_lstm_numpy(x, kernel, rec, bias, reverse):
         h = sig(o) * np.tanh(c)
         out[t] = h
     return out
+
+
+def _write_keras_h5(path, layers):
+    """A Keras 3 style ``.weights.h5``: ``layers/<name>/.../vars/<i>``."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        for name, arrays in layers.items():
+            for i, a in enumerate(arrays):
+                f.create_dataset(f"layers/{name}/vars/{i}", data=a)
+
+
+def test_keras_weights_to_pytorch_layout(tmp_path):
+    from detox.scorers.keras_weights import read_bilstm_weights
+
+    rng = np.random.default_rng(0)
+    V, E, U, H, K = 11, 4, 3, 5, 2
+    emb = rng.normal(size=(V, E))
+    cell = lambda: [rng.normal(size=(E, 4 * U)), rng.normal(size=(U, 4 * U)), rng.normal(size=4 * U)]  # noqa: E731
+    fw, bw = cell(), cell()
+    d1 = [rng.normal(size=(2 * U, H)), rng.normal(size=H)]
+    d2 = [rng.normal(size=(H, K)), rng.normal(size=K)]
+    p = tmp_path / "m.weights.h5"
+    _write_keras_h5(p, {"embedding": [emb], "bidirectional/forward_layer/cell": fw,
+                        "bidirectional/backward_layer/cell": bw, "dense_1": d2, "dense": d1})
+    sd = read_bilstm_weights(p)
+    np.testing.assert_array_equal(sd["lstm.weight_ih_l0"], fw[0].T)
+    np.testing.assert_array_equal(sd["lstm.weight_hh_l0_reverse"], bw[1].T)
+    np.testing.assert_array_equal(sd["lstm.bias_ih_l0"], fw[2])
+    assert not sd["lstm.bias_hh_l0"].any()
+    np.testing.assert_array_equal(sd["dense.weight"], d1[0].T)  # "dense" before "dense_1"
+    np.testing.assert_array_equal(sd["out.bias"], d2[1])
+    model = scorers.KerasBiLSTM.from_keras_h5(p)
+    assert (model.embedding.num_embeddings, model.lstm.hidden_size, model.dense.out_features,
+            model.out.out_features) == (V, U, H, K)
+    ids = torch.tensor([[0, 3, 5, 7]])
+    x = emb[ids[0].numpy()]
+    seq = np.concatenate([_keras_lstm_numpy(x, *fw, False), _keras_lstm_numpy(x, *bw, True)], axis=1)
+    ref = 1 / (1 + np.exp(-(np.maximum(seq.max(0) @ d1[0] + d1[1], 0) @ d2[0] + d2[1])))
+    np.testing.assert_allclose(model(ids)[0].numpy(), ref, atol=1e-5)
+    # files without the expected layers are refused with what was found
+    _write_keras_h5(tmp_path / "two.weights.h5", {"embedding": [emb], "dense": d1})
+    with pytest.raises(ScorerError, match=r"expected layers embedding, bidirectional.*found \['dense', 'embedding'\]"):
+        read_bilstm_weights(tmp_path / "two.weights.h5")
+    import h5py
+
+    with h5py.File(tmp_path / "bare.h5", "w") as f:
+        f.create_dataset("x", data=[1])
+    with pytest.raises(ScorerError, match="not a Keras 3 .weights.h5 file"):
+        read_bilstm_weights(tmp_path / "bare.h5")
 
 
 def test_bilstm_matches_keras_equations(jigsaw):
@@ -342,3 +393,23 @@ def test_default_scorer_is_jigsaw_offline(monkeypatch):
     assert isinstance(load_scorer("jigsaw-bilstm"), scorers.JigsawScorer)
     assert s.info()["score_label"] == "toxic"
     assert math.isclose(float(s(["You are so dumb and stupid!"])[0]), 0.98894, abs_tol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------------
+# the package
+
+
+def test_package_reexports_every_public_name():
+    import importlib
+
+    mods = ["base", "keras_tokenizer", "keras_weights", "jigsaw", "profanity", "hf_classifier", "detoxify"]
+    for name in scorers.__all__:
+        assert hasattr(scorers, name), name
+    for m in mods:
+        mod = importlib.import_module(f"detox.scorers.{m}")
+        for name in mod.__all__:
+            if m == "keras_weights":  # an internal loader, reached through KerasBiLSTM.from_keras_h5
+                continue
+            assert getattr(scorers, name) is getattr(mod, name), f"{m}.{name}"
+    assert scorers.JIGSAW_MAXLEN == 100
+    assert scorers.scorer_names() == ["detoxify", "jigsaw", "profanity"]

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from . import metrics as M
 from . import methods as registry
 from .generation.driver import Generator, batch_seed
+from .resumable import JsonlAppender, read_records
 
 
 @dataclass
@@ -86,22 +87,7 @@ def load_prompt_texts(cfg: EvalConfig) -> tuple[list[str], str]:
 
 def _read_generation_file(path: str) -> list[dict]:
     """Complete lines of a generation file; a torn last line (killed mid-write) is cut off."""
-    if not os.path.exists(path):
-        return []
-    rows, good_bytes = [], 0
-    with open(path, "rb") as f:
-        data = f.read()
-    *complete, _tail = data.split(b"\n")  # _tail: b"" after a final newline, else a torn line
-    for line in complete:
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-        good_bytes += len(line) + 1
-    if good_bytes != len(data):
-        with open(path, "r+b") as f:
-            f.truncate(good_bytes)
-    return rows
+    return read_records(path)
 
 
 def generation_key(cfg: EvalConfig, method: str, seed: int, prompts: list[str], gen_settings: dict) -> str:
@@ -123,18 +109,14 @@ def generate_cached(gen: Generator, cfg: EvalConfig, prompts: list[str], seed: i
     todo = [(bi, s) for bi, s in enumerate(starts) if any(i not in done for i in range(s, min(s + bs, len(prompts))))]
     if done and todo:
         print(f"{gen.method} seed {seed}: resuming, {len(done)} of {len(prompts)} prompts already generated")
-    with open(path, "a", encoding="utf-8") as f:
+    with JsonlAppender(path) as f:
         for bi, s in tqdm(todo, desc=f"{gen.method} seed {seed}", unit="batch", disable=not progress):
             chunk = prompts[s:s + bs]
             res = gen.run_batch(chunk, num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens,
                                 top_p=cfg.top_p, temperature=cfg.temperature, seed=batch_seed(seed, bi))
             # the method's extra outputs (CMD: "chains") are kept beside the continuations
-            lines = "".join(json.dumps({"prompt_index": s + i, "continuations": c,
-                                        **{k: v[i] for k, v in res.extras.items()}}, ensure_ascii=False) + "\n"
-                            for i, c in enumerate(res.texts))
-            f.write(lines)
-            f.flush()
-            os.fsync(f.fileno())
+            f.append({"prompt_index": s + i, "continuations": c, **{k: v[i] for k, v in res.extras.items()}}
+                     for i, c in enumerate(res.texts))
             for i, c in enumerate(res.texts):
                 done[s + i] = c
     return path, [done[i] for i in range(len(prompts))]

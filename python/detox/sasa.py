@@ -226,19 +226,6 @@ class MomentAccumulator:
                      "shrinkage": float(shrinkage)}
 
 
-def fit_dense(h: torch.Tensor, labels, eig_threshold: float = EIG_THRESHOLD, shrinkage: float = 0.0):
-    """The same fit from all embeddings at once (``torch.cov``); for tests."""
-    h = h.double()
-    y = torch.as_tensor(labels)
-    x1, x2 = h[y == 0], h[y == 1]
-    n1, n2 = x1.shape[0], x2.shape[0]
-    sigma = ((n1 - 1) * torch.cov(x1.T) + (n2 - 1) * torch.cov(x2.T)) / (n1 + n2 - 2)
-    d = sigma.shape[0]
-    sigma = sigma + shrinkage * torch.trace(sigma) / d * torch.eye(d, dtype=sigma.dtype)
-    w = torch.linalg.pinv(sigma, hermitian=True, atol=eig_threshold) @ (x1.mean(0) - x2.mean(0)) / 2
-    return w / w.norm(), (x1.mean(0) + x2.mean(0)) / 2
-
-
 @dataclass
 class Subspace:
     direction: torch.Tensor  # [D] float32, unit length

@@ -33,6 +33,7 @@ from typing import Protocol
 import torch
 from tqdm.auto import tqdm
 
+from ..resumable import JsonlAppender, check_settings, read_records, write_settings
 from . import chain as C
 
 
@@ -184,12 +185,6 @@ def fill_masks(gen, scorer, words_list, spans_list, cfg: SynthesisConfig, seed: 
     return filled, tox
 
 
-def _read_records(path: str) -> list[dict]:
-    from ..harness import _read_generation_file
-
-    return _read_generation_file(path)
-
-
 def _check_meta(out_dir: str, prompts: list[str], cfg: SynthesisConfig, model) -> None:
     """Records are reused by prompt index: refuse to resume a directory made from other prompts or
     settings (they would be mixed into train.jsonl)."""
@@ -198,17 +193,12 @@ def _check_meta(out_dir: str, prompts: list[str], cfg: SynthesisConfig, model) -
     meta = {"prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(), "prompts": len(prompts),
             "config": asdict(cfg), "model": model if isinstance(model, str) else None}
     path = os.path.join(out_dir, "meta.json")
-    if os.path.exists(path):
-        old = json.load(open(path))
-        if any(old.get(k) != meta[k] for k in ("prompts_sha256", "config", "model")):
-            raise SystemExit(f"error: {out_dir} holds a synthesis of other prompts or settings; rerun with the same "
-                             "options to resume, or use another --out")
+    if check_settings(path, meta, ("prompts_sha256", "config", "model"), what="a synthesis of other prompts or settings",
+                      hint="rerun with the same options to resume, or use another --out"):
         return
     if os.path.exists(os.path.join(out_dir, "records.jsonl")):
         return  # made before meta.json existed: nothing to compare against
-    with open(path + ".tmp", "w") as f:
-        json.dump(meta, f, indent=1)
-    os.replace(path + ".tmp", path)
+    write_settings(path, meta)
 
 
 def synthesize(prompts: list[str], out_dir: str, *, model=None, scorer=None, detector: SpanDetector | None = None,
@@ -234,21 +224,19 @@ def synthesize(prompts: list[str], out_dir: str, *, model=None, scorer=None, det
                                                                toxic_model=toxic_model, model_name=gen.model_name)
     path = os.path.join(out_dir, "records.jsonl")
     _check_meta(out_dir, prompts, cfg, model)
-    done = {r["index"]: r for r in _read_records(path)}
+    done = {r["index"]: r for r in read_records(path)}
     chunks = [(ci, s) for ci, s in enumerate(range(0, len(prompts), cfg.chunk_size))
               if any(i not in done for i in range(s, min(s + cfg.chunk_size, len(prompts))))]
     if done and chunks:
         print(f"resuming: {len(done)} of {len(prompts)} prompts already synthesised")
     t0 = time.time()
     ran = 0
-    with open(path, "a", encoding="utf-8") as f:
+    with JsonlAppender(path) as f:
         for ci, s in tqdm(chunks, desc="cmd-synthesize", unit="chunk", disable=not progress):
             recs = _synthesize_chunk(prompts[s:s + cfg.chunk_size], s, gen, fill_gen, scorer, detector, cfg,
                                      batch_seed(cfg.seed, ci))
             recs = [r for r in recs if r["index"] not in done]  # a chunk torn by a kill: append only the rest
-            f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
-            f.flush()
-            os.fsync(f.fileno())
+            f.append(recs)
             for r in recs:
                 done[r["index"]] = r
             ran += 1

@@ -27,6 +27,7 @@ from typing import Iterator
 
 import numpy as np
 
+from ..resumable import JsonlAppender, check_settings, read_records, write_settings
 from .corpus import Malformed, count_rows, detect_format, iter_records, warn_malformed, write_corpus
 from .pipeline import RewriteConfig
 
@@ -57,30 +58,6 @@ def work_dir_for(out: str) -> str:
     return out + ".hspd"
 
 
-def _repair_part(path: str) -> list[int]:
-    """Indices in a part file, read a line at a time (memory does not grow with the file); a torn
-    or corrupt tail is cut off the file first."""
-    idx = []
-    good = 0
-    with open(path, "rb") as f:
-        for line in f:
-            if not line.endswith(b"\n"):
-                break
-            try:
-                idx.append(json.loads(line)["index"])
-            except (ValueError, KeyError, TypeError):
-                break
-            good += len(line)
-        size = os.fstat(f.fileno()).st_size
-    if good != size:
-        with open(path, "r+b") as f:
-            f.truncate(good)
-            f.flush()
-            os.fsync(f.fileno())
-        print(f"note: cut a torn tail of {size - good} bytes off {path} (an interrupted write)", file=sys.stderr)
-    return idx
-
-
 class PartStore:
     def __init__(self, work: str):
         self.dir = os.path.join(work, "parts")
@@ -88,7 +65,8 @@ class PartStore:
         self.done = Bitmap()
         self.dupes = 0
         for name in self.part_files():
-            for i in _repair_part(name):
+            # the indices only (memory does not grow with the corpus); a torn or corrupt tail is cut off
+            for i in read_records(name, lambda r: r["index"], note=True):
                 if not self.done.add(i):
                     self.dupes += 1
         self.f = None
@@ -116,10 +94,8 @@ class PartStore:
             # results out of order (a Ray shard that finished early): a new part keeps each part sorted
             self._new_part()
         if self.f is None:
-            self.f = open(self.path, "ab")
-        self.f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in new).encode("utf-8"))
-        self.f.flush()
-        os.fsync(self.f.fileno())
+            self.f = JsonlAppender(self.path)
+        self.f.append(new)
         for r in new:
             self.done.add(r["index"])
         self.last = new[-1]["index"]
@@ -177,25 +153,18 @@ def _fingerprint(path: str, span: int = 1 << 20) -> str:
 
 def _check_meta(work: str, meta: dict, overwrite: bool) -> None:
     path = os.path.join(work, "meta.json")
-    if os.path.exists(path) and not overwrite:
-        old = json.load(open(path))
-        # max_chars decides which lines are valid records, so it fixes the text numbering too
-        if any(old.get(k) != meta[k] for k in ("key", "input", "input_bytes", "input_sha", "text_field", "format",
-                                                  "max_chars")):
-            raise SystemExit(
-                f"error: {work} holds a run with other settings or input (key {old.get('key')} vs {meta['key']}, "
-                f"input {old.get('input')} of {old.get('input_bytes')} bytes); "
-                "rerun with the same options to resume, or pass --overwrite to start over")
+    # max_chars decides which lines are valid records, so it fixes the text numbering too
+    if not overwrite and check_settings(
+            path, meta, ("key", "input", "input_bytes", "input_sha", "text_field", "format", "max_chars"),
+            what="a run with other settings or input",
+            hint="rerun with the same options to resume, or pass --overwrite to start over"):
         return
     if overwrite and os.path.isdir(work):
         import shutil
 
         shutil.rmtree(work)
     os.makedirs(work, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(meta, f, indent=1)
-    os.replace(tmp, path)
+    write_settings(path, meta)
 
 
 def run_rewrite(input_path: str, out: str, cfg: RewriteConfig, *, fmt: str | None = None, text_field: str = "text",
