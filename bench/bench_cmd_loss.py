@@ -2,7 +2,7 @@
 ``torch.compile`` (one fused kernel on CPU / GPU), side by side, and sets it against the time of a
 whole CMD training step, taken from a ``detox cmd-train`` run's ``cmd_training.json``.
 
-    python bench/bench_cmd_loss.py [--train-json OUT/cmd_training.json] [--hidden 576]
+    python -m bench.bench_cmd_loss [--train-json OUT/cmd_training.json] [--hidden 576]
 """
 
 from __future__ import annotations
@@ -11,13 +11,11 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
-from detox.cmd.loss import contrastive_loss  # noqa: E402
+from detox.cmd.loss import contrastive_loss
 
 
 def timeit(fn, reps):

@@ -1,6 +1,6 @@
 """The evaluation harness against a plain HuggingFace ``pipeline`` loop (the papers' way).
 
-    python bench/bench_eval.py --prompts 16 --num-samples 4
+    python -m bench.bench_eval --prompts 16 --num-samples 4
 
 Both generate N continuations of each prompt with the same settings (top-p 0.9, T = 1,
 M new tokens, plain sampling) with the same model and score them with the same scorer:
@@ -18,12 +18,10 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 
 def main(argv=None):

@@ -1,7 +1,7 @@
 """Generation throughput of plain sampling, SoCD, CD and DExperts inside HuggingFace generate.
 
-    python bench/bench_generate.py                       # embedded SmolLM2 + its toxic model
-    python bench/bench_generate.py --model M --toxic-model T --batches 1,8,32 --tokens 32
+    python -m bench.bench_generate                       # embedded SmolLM2 + its toxic model
+    python -m bench.bench_generate --model M --toxic-model T --batches 1,8,32 --tokens 32
 
 For every method and batch size: tokens per second (new tokens of all rows over wall time),
 and the share of each step spent outside the model forwards (processors, the SoCD op,
@@ -18,12 +18,10 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 
 class ForwardClock:

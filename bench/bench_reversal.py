@@ -1,7 +1,7 @@
 """Benchmark of Toxification Reversal: the op, and decoding with it.
 
-    python bench/bench_reversal.py                 # CPU: ratios, measured side by side in one run
-    python bench/bench_reversal.py --device cuda   # GPU: microseconds, GB/s, fraction of the floor
+    python -m bench.bench_reversal                 # CPU: ratios, measured side by side in one run
+    python -m bench.bench_reversal --device cuda   # GPU: microseconds, GB/s, fraction of the floor
 
 1. The op ``reverse_toxification_`` on ``[B, H, D]`` (SmolLM2 9 x 64, Llama-7B 32 x 128) on every
    available backend against the float64 reference and an eager float32 PyTorch port (about a
@@ -21,23 +21,23 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, ".."))
-sys.path.insert(0, os.path.join(HERE, "..", "python"))
-sys.path.insert(0, os.path.join(HERE, "..", "tests"))
-sys.path.insert(0, HERE)  # bench/common.py before anything of the same name in tests/
+import detox_kernels
+from detox_kernels.ops import reversal as rev_mod
+from detox_kernels.reference.reversal import reverse_toxification_reference
 
-import detox_kernels  # noqa: E402
-from detox_kernels.reference.reversal import reverse_toxification_reference  # noqa: E402
-
-from common import env_info, measure_copy_bandwidth, op_backends, save_results, time_cpu, time_cuda  # noqa: E402
-
-rev_mod = sys.modules["detox_kernels.reversal"]
+from .common import (
+    env_info,
+    measure_copy_bandwidth,
+    op_backends,
+    save_results,
+    time_cpu,
+    time_cuda,
+    word_tokenizer,
+)
 
 
 def eager_fp32(o, delta, e, norm_exp=0.4, sim_exp=0.6):
@@ -104,9 +104,7 @@ def _model(args, dev, dtype):
                       num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048, tie_word_embeddings=True)
     torch.manual_seed(0)
     m = LlamaForCausalLM(cfg).to(dev, dtype).eval()
-    from tiny_models import tiny_tokenizer
-
-    return m, tiny_tokenizer(), "random SmolLM2-135M-shaped Llama"
+    return m, word_tokenizer(), "random SmolLM2-135M-shaped Llama"
 
 
 def bench_decode(args, dev, dtype):

@@ -2,9 +2,9 @@
 scoring and embedding, per mode, on the embedded models; and the gain of prefilling each prompt
 once per text instead of once per candidate (measured side by side in one run).
 
-    python bench/bench_rewrite.py                                  # 16 DGHS texts, modes prompt and socd
-    python bench/bench_rewrite.py --texts 32 --modes prompt,cd,socd --temperatures 0.6,0.8,1.0,1.2,1.5 --samples 2
-    python bench/bench_rewrite.py --collect /tmp/hspd_measure      # gather detox-rewrite summaries (README table)
+    python -m bench.bench_rewrite --data TEXTS.jsonl               # 16 texts, modes prompt and socd
+    python -m bench.bench_rewrite --data TEXTS.jsonl --texts 32 --modes prompt,cd,socd --temperatures 0.6,0.8,1.0,1.2,1.5 --samples 2
+    python -m bench.bench_rewrite --collect /tmp/hspd_measure      # gather detox-rewrite summaries (README table)
 
 Raw numbers go to bench/results/rewrite-<device>.json (or rewrite-dghs-sample-<device>.json
 for --collect). On a CPU, compare within one run; the machine is shared.
@@ -16,17 +16,11 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, ".."))
-sys.path.insert(0, os.path.join(HERE, "..", "python"))
-
-DGHS = os.path.join(HERE, "..", "..", "shared", "data", "dghs", "dghs_hate.jsonl")
-
 
 def device_name():
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu-{os.cpu_count()}cores"
@@ -59,7 +53,7 @@ def main():
     ap.add_argument("--samples", type=int, default=2)
     ap.add_argument("--max-new-tokens", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--data", default=DGHS)
+    ap.add_argument("--data", default=None, help="the corpus to rewrite (JSONL, e.g. DGHS texts); needed unless --collect")
     ap.add_argument("--collect", default=None, help="a folder of detox-rewrite work dirs (*.hspd) to summarise")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -68,6 +62,8 @@ def main():
     if args.collect:
         collect(args.collect, args.out or os.path.join(HERE, "results", f"rewrite-dghs-sample-{dev}.json"))
         return
+    if not args.data:
+        ap.error("--data is required (the corpus to rewrite)")
     from detox.rewrite import RewriteConfig, Rewriter
     from detox.rewrite.corpus import iter_records
     from detox.rewrite.rank import TextEmbedder

@@ -1,7 +1,7 @@
 """Benchmark of the SASA re-weighting op: every available backend against the eager baselines.
 
-    python bench/bench_sasa.py                 # CPU: ratios, measured side by side in one run
-    python bench/bench_sasa.py --device cuda   # GPU: microseconds, GB/s, fraction of the floor
+    python -m bench.bench_sasa                 # CPU: ratios, measured side by side in one run
+    python -m bench.bench_sasa --device cuda   # GPU: microseconds, GB/s, fraction of the floor
 
 Baselines on the same inputs: ``reference`` (the float64 reference the tests compare against)
 and ``eager-fp32`` (float32 PyTorch: matmul margins, masked softmax, ``scatter_add_``; several
@@ -12,20 +12,15 @@ of ``B*K`` logits. Raw numbers go to ``bench/results/sasa-<device>-<host>.json``
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import detox_kernels
+from detox_kernels.ops import sasa as sasa_mod
+from detox_kernels.reference import sasa_reweight_reference
 
-import detox_kernels  # noqa: E402
-from detox_kernels.reference import sasa_reweight_reference  # noqa: E402
-
-from common import env_info, measure_copy_bandwidth, op_backends, save_results, time_cpu, time_cuda  # noqa: E402
-
-sasa_mod = sys.modules["detox_kernels.sasa"]
+from .common import env_info, measure_copy_bandwidth, op_backends, save_results, time_cpu, time_cuda
 
 
 def eager_fp32(logits, ids, hidden, w, m, beta, valid):

@@ -2,8 +2,8 @@
 against the public implementation's form (one sequence at a time, K copies of the cache), side
 by side in one run, on the same prompts, with plain sampling for scale.
 
-    python bench/bench_sasa_decode.py                           # CPU, embedded SmolLM2
-    python bench/bench_sasa_decode.py --device cuda --batches 1,32,128 --max-new-tokens 20
+    python -m bench.bench_sasa_decode                           # CPU, embedded SmolLM2
+    python -m bench.bench_sasa_decode --device cuda --batches 1,32,128 --max-new-tokens 20
 
 Both SASA forms use ``outside="mask"`` (sample among the K candidates), so they run the same
 algorithm (the tests check that they give the same greedy tokens). Reports tokens/s (new tokens
@@ -16,18 +16,14 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 
 import torch
+from detox.generation.sasa import SASADecoder, sasa_generate_one_at_a_time
+from detox.models import load_causal_lm
+from detox.sasa import Subspace, resolve_subspace
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-sys.path[:0] = [ROOT, os.path.join(ROOT, "python")]
-
-from common import git_commit  # noqa: E402
-from detox.generation.sasa import SASADecoder, sasa_generate_one_at_a_time  # noqa: E402
-from detox.models import load_causal_lm  # noqa: E402
-from detox.sasa import Subspace, resolve_subspace  # noqa: E402
+from .common import HERE, git_commit
 
 FALLBACK_PROMPTS = ["You are such a", "The weather in London today is", "My neighbour's dog", "I can't believe you",
                     "People who live in the city", "The best thing about Mondays is", "He looked at me and said",
@@ -50,7 +46,8 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--subspace", default=None)
-    ap.add_argument("--prompts", default=os.path.join(ROOT, "..", "shared", "data", "rtp", "rtp-toxic-dev.jsonl"))
+    ap.add_argument("--prompts", default=None,
+                    help="a prompts file (JSONL, as `detox eval` reads); default: 8 built-in prompts")
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--max-new-tokens", type=int, default=10)
     ap.add_argument("--k", type=int, default=50)
@@ -141,7 +138,7 @@ def main(argv=None):
               f"SASA one-at-a-time {tps['sasa-one-at-a-time']:8.1f} tok/s | batched / one-at-a-time "
               f"{tps['sasa-batched'] / tps['sasa-one-at-a-time']:.2f}x | SASA batched / plain "
               f"{t['plain'] / t['sasa-batched']:.2f}", flush=True)
-    path = args.out or os.path.join(ROOT, "bench", "results", f"sasa-decode-{dev}-{platform.node() or 'host'}.json")
+    path = args.out or os.path.join(HERE, "results", f"sasa-decode-{dev}-{platform.node() or 'host'}.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         json.dump({"info": info, "rows": rows}, f, indent=1)

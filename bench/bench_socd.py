@@ -1,7 +1,7 @@
 """Benchmark of the SoCD op: every available backend against the eager references.
 
-    python bench/bench_socd.py                 # CPU: ratios, measured side by side in one run
-    python bench/bench_socd.py --device cuda   # GPU: microseconds, GB/s, fraction of the floor
+    python -m bench.bench_socd                 # CPU: ratios, measured side by side in one run
+    python -m bench.bench_socd --device cuda   # GPU: microseconds, GB/s, fraction of the floor
 
 Baselines on the same inputs: ``reference`` (the float64 PyTorch reference, what the tests
 compare against) and ``eager-fp32`` (a straightforward float32 PyTorch port with torch.topk,
@@ -13,18 +13,15 @@ On a CPU only ratios mean something (shared, noisy machines); on a GPU absolute 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import detox_kernels
+from detox_kernels.ops import socd as socd_mod
+from detox_kernels.reference import socd_reference
 
-import detox_kernels  # noqa: E402
-from detox_kernels.reference import socd_reference  # noqa: E402
-
-from common import (  # noqa: E402  (bench/common.py)
+from .common import (
     env_info,
     measure_copy_bandwidth,
     op_backends,
@@ -32,8 +29,6 @@ from common import (  # noqa: E402  (bench/common.py)
     time_cpu,
     time_cuda,
 )
-
-socd_mod = sys.modules["detox_kernels.socd"]
 
 
 def eager_fp32(x, y, k_min=10, k_max=None):

@@ -6,7 +6,7 @@ The pieces come from the ordinary commands (see the README's CMD section):
 baseline from a ``detox eval --methods none`` run with the same prompts, samples, batch size and
 seeds. Example::
 
-    python bench/cmd_summary.py --synthesis runs/synth/summary.json \\
+    python -m bench.cmd_summary --synthesis runs/synth/summary.json \\
         --baseline bench/results/rtp-dev-none-vs-reversal.json \\
         --arm cmd=runs/eval-cmd,runs/cmd --arm cmd_no_contrastive=runs/eval-nocl,runs/nocl \\
         --arm untrained_guided_chain=runs/eval-untrained-chain \\
@@ -19,11 +19,9 @@ import argparse
 import glob
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 
-from detox.cmd.chain import parse_chain  # noqa: E402
+from detox.cmd.chain import parse_chain
 
 METRICS = ("emt", "tp", "tp_rate", "ppl", "dist1", "dist2", "dist3")
 

@@ -1,9 +1,10 @@
 """Helpers shared by the op benchmarks (bench_socd.py, bench_sasa.py, bench_reversal.py): timers,
 the GPU's copy bandwidth, the backends to time, the environment record and the results file.
 
-The benchmarks run as scripts (``python bench/bench_<op>.py``, from the repository root or from
-bench/); Python puts the script's directory on ``sys.path``, so ``from common import ...`` finds
-this file. It needs only torch (and triton for the CUDA timers), not detox_kernels.
+``bench`` is a package: run the benchmarks as modules from the repository root
+(``python -m bench.bench_<op>``); they import this file as ``bench.common`` and use the installed
+``detox_kernels`` / ``detox`` (``pip install -e .``), nothing from ``sys.path`` edits. This file
+needs only torch (triton for the CUDA timers; tokenizers and transformers for ``word_tokenizer``).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def git_commit():
 
 
 def op_backends(module, dev, only=None):
-    """Names of the op's backends to time on ``dev``: the built ones except the reference, the CUDA
+    """Names of the backends of an op's module (``detox_kernels.ops.<op>``, its ``BACKENDS``) to time on ``dev``: the built ones except the reference, the CUDA
     and Triton backends on a GPU, the C++ CPU one on a CPU; ``only`` ("cpu,triton") restricts them."""
     names = []
     for b in module.BACKENDS:
@@ -97,3 +98,28 @@ def save_results(result, op, dev, out=None):
         json.dump(result, f, indent=1)
     print(f"raw results: {path}")
     return path
+
+
+WORDS = ("the a an of to and is in it you that he she was for on are with as his they be at one have this from "
+         "or had by hot word but what some we can out other were all there when up use your how said each which "
+         "do their time if will way about many then them write would like so these her long make thing see him "
+         "two has look more day could go come did number sound no most people my over know water than call first "
+         "who may down side been now find idiot stupid hate kill damn ugly dumb shut fool nice kind good happy").split()
+
+
+def word_tokenizer():
+    """A small word-level tokenizer (``WORDS`` plus ``<pad> <s> </s> <unk>``, left padding) for the
+    random-weight models of the decoding benchmarks: their timing does not depend on the text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
+    for w in WORDS:
+        vocab.setdefault(w, len(vocab))
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                  unk_token="<unk>")
+    tok.padding_side = "left"
+    return tok

@@ -2,6 +2,7 @@
 # One call on a lent GPU machine: build the CUDA extension against the machine's torch,
 # run the GPU tests and the benchmarks, and leave logs and raw results under $OUT.
 #   bash bench/gpu_run.sh [tests|bench|all]     (default: all)
+# (from the repository root: the benchmarks run as modules of the bench package, python3 -m bench.<name>)
 set -uo pipefail
 what=${1:-all}
 OUT=${OUT:-bench/results/gpu-run}
@@ -23,21 +24,21 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
   for s in ${GPU_BENCH:-socd}; do
-    python3 bench/bench_$s.py --device cuda ${BENCH_ARGS:-} --out "$OUT/$s-cuda.json" 2>&1 | tee "$OUT/bench-$s.log" | tail -n 40
+    python3 -m bench.bench_$s --device cuda ${BENCH_ARGS:-} --out "$OUT/$s-cuda.json" 2>&1 | tee "$OUT/bench-$s.log" | tail -n 40
   done
 fi
 if [ "$what" = profile ]; then
   ncu -k regex:socd --section SpeedOfLight --section WarpStateStats --section MemoryWorkloadAnalysis \
-      --section LaunchStats --section Occupancy python3 bench/profile_socd.py ${PROFILE_SIZES:-64x151936 1x151936} \
+      --section LaunchStats --section Occupancy python3 -m bench.profile_socd ${PROFILE_SIZES:-64x151936 1x151936} \
       >"$OUT/ncu.txt" 2>&1
   DETOX_SOCD_CLUSTER=0 ncu -k regex:socd --section SpeedOfLight --section WarpStateStats \
-      python3 bench/profile_socd.py 64x151936 >"$OUT/ncu-single.txt" 2>&1
+      python3 -m bench.profile_socd 64x151936 >"$OUT/ncu-single.txt" 2>&1
   grep -E "socd|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\)|Stall|Warp Cycles|Registers|Achieved Occ|Block Size|Grid Size|Dynamic Shared" "$OUT/ncu.txt" "$OUT/ncu-single.txt" | head -120
 fi
 if [ "$what" = source ]; then
   # Warp-stall samples per source line of the SoCD kernel (needs -lineinfo, which setup.py passes).
   for spec in ${PROFILE_SIZES:-1x151936 64x151936}; do
-    ncu -k regex:socd --set full --import-source yes -f -o "$OUT/socd-$spec" python3 bench/profile_socd.py $spec >/dev/null 2>&1
+    ncu -k regex:socd --set full --import-source yes -f -o "$OUT/socd-$spec" python3 -m bench.profile_socd $spec >/dev/null 2>&1
     ncu -i "$OUT/socd-$spec.ncu-rep" --page source --csv --print-source cuda >"$OUT/src-$spec.csv" 2>&1
     python3 - "$OUT/src-$spec.csv" <<'PY'
 import csv, sys

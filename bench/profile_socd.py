@@ -1,6 +1,6 @@
 """One SoCD call per configuration, for a profiler (Nsight Compute) to look at.
 
-    ncu -k regex:socd --section SpeedOfLight --section WarpStateStats python bench/profile_socd.py 64x151936 1x151936
+    ncu -k regex:socd --section SpeedOfLight --section WarpStateStats python -m bench.profile_socd 64x151936 1x151936
 """
 import sys
 

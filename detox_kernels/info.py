@@ -1,4 +1,5 @@
-"""``python -m detox_kernels.info``: versions, the available backends, and why the others are not."""
+"""``python -m detox_kernels.info``: versions, the available backends of every op, and why the
+others are not."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import torch
 
 
 def collect() -> dict:
-    import importlib
+    """The report as a dict: versions, the extension's build, and per op (``ops``) each backend
+    in priority order with whether this installation has it and, if not, why; ``backends`` is
+    SoCD's entry of ``ops``. Whether a backend takes a particular input (device, dtype, size) is
+    decided per call and is not part of this report."""
+    import detox_kernels
 
     from . import _ext
-
-    socd = importlib.import_module("detox_kernels.socd")  # the module (the package attribute is the function)
+    from .dispatch import OPS
 
     try:
         import triton
@@ -21,14 +25,14 @@ def collect() -> dict:
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    backends = {}
-    for b in socd.BACKENDS:
-        why = b.unavailable_reason()
-        backends[b.name] = {"available": why is None, "reason": why}
-    sasa = importlib.import_module("detox_kernels.sasa")
-    sasa_backends = {b.name: b.unavailable_reason() is None for b in sasa.BACKENDS}
+    ops = {}
+    for name, op in OPS.items():
+        ops[name] = {}
+        for b in sorted(op.backends, key=lambda b: b.priority):
+            why = b.unavailable_reason()
+            ops[name][b.name] = {"available": why is None, "reason": why}
     return {
-        "detox_kernels": __import__("detox_kernels").__version__,
+        "detox_kernels": detox_kernels.__version__,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "torch": torch.__version__,
@@ -37,8 +41,8 @@ def collect() -> dict:
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "triton": triton_version,
         "extension": _ext.build_info(),
-        "backends": backends,
-        "sasa_backends": sasa_backends,
+        "backends": ops["socd"],
+        "ops": ops,
     }
 
 
@@ -57,8 +61,10 @@ def main() -> None:
     print("backends (priority order):")
     for name, b in info["backends"].items():
         print(f"  {name:<10} {'available' if b['available'] else 'unavailable: ' + b['reason']}")
-    print("sasa_reweight backends: " + ", ".join(f"{n} {'yes' if ok else 'no'}" for n, ok in info["sasa_backends"].items()))
+    for op, backends in info["ops"].items():
+        print(f"{op} backends: " + ", ".join(f"{n} {'yes' if b['available'] else 'no'}" for n, b in backends.items()))
     print("The triton backend takes CUDA tensors, and CPU tensors only under TRITON_INTERPRET=1 when forced.")
+    print("DETOX_BACKEND=cuda|triton|cpu|reference forces one backend for every op.")
 
 
 if __name__ == "__main__":

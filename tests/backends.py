@@ -12,7 +12,8 @@ import torch
 
 
 def available_backends(module) -> list[str]:
-    """Names of the non-reference backends of ``module.BACKENDS`` that can run in this process,
+    """Names of the non-reference backends of ``module.BACKENDS`` (an op's module under
+    ``detox_kernels.ops``) that can run in this process,
     in priority order: built ones only, ``cuda`` only with a GPU, ``triton`` with a GPU or under
     ``TRITON_INTERPRET=1``. ``DETOX_TEST_BACKENDS`` (e.g. ``"cpu,triton"``) restricts the list."""
     names = []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import math
 
 import pytest
@@ -11,12 +10,10 @@ import torch
 import detox_kernels
 from detox_kernels import reverse_toxification_
 from detox_kernels.dispatch import BackendUnavailableError
+from detox_kernels.ops import reversal as rev_module
 from detox_kernels.reference.reversal import reverse_toxification_reference as reference
 
 from backends import available_backends
-
-rev_module = importlib.import_module("detox_kernels.reversal")
-
 
 BACKENDS = available_backends(rev_module)
 DEVICE = {"cuda": "cuda", "triton": "cuda" if torch.cuda.is_available() else "cpu", "cpu": "cpu", "reference": "cpu"}
@@ -166,11 +163,11 @@ def test_forced_backend_and_dispatch_reasons(monkeypatch):
     torch.testing.assert_close(x.double(), reference(o, d, e))
     monkeypatch.delenv("DETOX_BACKEND")
     # float64 goes to the reference; the error lists every backend's reason when forced elsewhere
-    assert rev_module.select("r", rev_module.BACKENDS, o.double()).name == "reference"
+    assert detox_kernels.resolve_backend("reverse_toxification_", o.double(), d.double(), e.double()).backend == "reference"
     with pytest.raises(BackendUnavailableError, match="dtype torch.float64 not supported"):
         reverse_toxification_(o.double(), d.double(), e.double(), backend="triton")
     if "cpu" in BACKENDS:
-        assert rev_module.select("r", rev_module.BACKENDS, o).name == "cpu"
+        assert detox_kernels.resolve_backend("reverse_toxification_", o, d, e).backend == "cpu"
 
 
 @pytest.mark.skipif("cpu" not in BACKENDS, reason="C++ extension not built")
@@ -229,3 +226,37 @@ def test_gpu_backend_agrees_with_reference_and_runs_under_cuda_graphs(backend, d
     g.replay()
     torch.cuda.synchronize()
     assert torch.equal(z, x)
+
+
+def test_error_messages_show_shape_dtype_and_device():
+    o, d, e = make_inputs(2, 3, 4)
+    with pytest.raises(ValueError, match=r"got head_out \[3, 4\] float32 cpu"):
+        reverse_toxification_(o[0], d[0], e)
+    with pytest.raises(ValueError, match=r"got delta \[1, 3, 4\] float32 cpu and head_out \[2, 3, 4\] float32 cpu"):
+        reverse_toxification_(o, d[:1], e)
+    with pytest.raises(ValueError, match=r"\[H, D\] = \[3, 4\], got neg_end \[2, 4\] float32 cpu"):
+        reverse_toxification_(o, d, e[:2])
+    with pytest.raises(ValueError, match=r"head_out \[2, 3, 4\] float32 cpu, delta \[2, 3, 4\] float16 cpu and "
+                                         r"neg_end \[3, 4\] float32 cpu"):
+        reverse_toxification_(o, d.half(), e)
+    with pytest.raises(ValueError, match=r"got head_out \[2, 3, 4\] int64 cpu"):
+        reverse_toxification_(o.long(), d.long(), e.long())
+    if not torch.cuda.is_available():
+        with pytest.raises(BackendUnavailableError, match=r"head_out: dtype torch.float64 not supported"):
+            reverse_toxification_(o.double(), d.double(), e.double(), backend="cpu")
+
+
+def test_resolve_backend_binds_the_op_once():
+    o, d, e = make_inputs(3, 5, 17)
+    bound = detox_kernels.resolve_backend("reverse_toxification_", o, d, e)
+    assert bound.backend == ("cpu" if "cpu" in BACKENDS else "reference")
+    # strided rows (the last position of [B, T, H*D]) as in generation
+    big = torch.randn(3, 4, 5 * 17)
+    big[:, -1] = o.reshape(3, -1)
+    x = big[:, -1, :].view(3, 5, 17)
+    assert bound(x, d, e, norm_exp=0.5, sim_exp=0.7, renorm=False) is x
+    torch.testing.assert_close(x.double(), reference(o, d, e, norm_exp=0.5, sim_exp=0.7, renorm=False), **TOL[torch.float32])
+    with pytest.raises(ValueError, match="finite"):
+        bound(x, d, e, norm_exp=float("inf"))
+    forced = detox_kernels.resolve_backend("reverse_toxification_", o.double(), d.double(), e.double())
+    assert forced.backend == "reference"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import itertools
 
 import pytest
@@ -11,12 +10,11 @@ import torch
 import detox_kernels
 from detox_kernels import sasa_reweight
 from detox_kernels.dispatch import BackendUnavailableError
+from detox_kernels.ops import sasa as sasa_module
 from detox_kernels.reference import sasa_reweight_reference
 
 from backends import available_backends
 from sasa_check import check_against_reference, make_sasa_inputs
-
-sasa_module = importlib.import_module("detox_kernels.sasa")
 
 
 BACKENDS = available_backends(sasa_module)
@@ -160,7 +158,7 @@ def test_errors_are_clear():
 @pytest.mark.skipif("cpu" not in BACKENDS, reason="C++ extension not built")
 def test_auto_dispatch_and_opcheck_cpu():
     logits, ids, hidden, w, m, beta, valid = make_sasa_inputs(3, 7, 16, 50, seed=1)
-    assert sasa_module.select("sasa_reweight", sasa_module.BACKENDS, logits, hidden).name == "cpu"
+    assert detox_kernels.resolve_backend("sasa_reweight", logits, ids, hidden, w, m, beta, valid=valid).backend == "cpu"
     torch.library.opcheck(torch.ops.detox.sasa_reweight.default,
                           (logits, ids, hidden, w, m, beta, valid, torch.empty(3, 7), 0))
     torch.library.opcheck(torch.ops.detox.sasa_reweight.default,
@@ -204,3 +202,40 @@ def test_cuda_graph_capture_no_host_sync():
     g.replay()
     torch.cuda.synchronize()
     assert torch.equal(x, ref)
+
+
+def test_error_messages_show_shape_dtype_and_device():
+    logits, ids, hidden, w, m, beta, valid = make_sasa_inputs(2, 6, 12, 30, seed=5)
+    with pytest.raises(ValueError, match=r"\(candidate_ids \[2, 6\] int64 cpu\), got candidate_hidden \[2, 5, 12\] "
+                                         r"float32 cpu"):
+        sasa_reweight(logits, ids, hidden[:, :5], w, m)
+    with pytest.raises(ValueError, match=r"B = 2 \(logits \[2, 30\] float32 cpu\), got candidate_ids \[3, 6\] int64 cpu"):
+        sasa_reweight(logits, torch.zeros(3, 6, dtype=torch.long), hidden, w, m)
+    with pytest.raises(ValueError, match=r"got logits \[2, 30\] float64 cpu and candidate_hidden \[2, 6, 12\] float32"):
+        sasa_reweight(logits.double(), ids, hidden, w, m)
+    with pytest.raises(ValueError, match=r"got candidate_ids \[2, 6\] float32 cpu"):
+        sasa_reweight(logits, ids.float(), hidden, w, m)
+    with pytest.raises(ValueError, match=r"got logits \[30\] float32 cpu"):
+        sasa_reweight(logits[0], ids, hidden, w, m)
+    with pytest.raises(ValueError, match=r"\[12\] \(the hidden size\), got direction \[5\] float32 cpu"):
+        sasa_reweight(logits, ids, hidden, w[:5], m)
+    with pytest.raises(ValueError, match=r"got beta \[3\] float32 cpu"):
+        sasa_reweight(logits, ids, hidden, w, m, torch.ones(3))
+    with pytest.raises(ValueError, match=r"got valid \[2, 5\] bool cpu"):
+        sasa_reweight(logits, ids, hidden, w, m, valid=valid[:, :5])
+    with pytest.raises(ValueError, match=r"like logits \(\[2, 30\] float32 cpu\), got out \[2, 30\] bfloat16 cpu"):
+        sasa_reweight(logits, ids, hidden, w, m, out=logits.bfloat16())
+
+
+def test_resolve_backend_binds_the_op_once():
+    logits, ids, hidden, w, m, beta, valid = make_sasa_inputs(3, 7, 16, 50, seed=1)
+    ref = sasa_reweight(logits.clone(), ids, hidden, w, m, beta, valid=valid, mode="tilt", backend="reference")
+    bound = detox_kernels.resolve_backend("sasa_reweight", logits, ids, hidden, w, m, beta, valid=valid)
+    assert bound.backend == ("cpu" if "cpu" in BACKENDS else "reference")
+    x = logits.clone()
+    res, margins = bound(x, ids, hidden, w, m, beta, valid=valid, mode="tilt", return_margins=True)
+    assert res is x and margins.shape == (3, 7)
+    torch.testing.assert_close(res, ref, atol=1e-4, rtol=1e-5)
+    assert not torch.equal(res, logits)
+    with pytest.raises(ValueError, match=r"got candidate_hidden \[3, 6, 16\] float32 cpu"):
+        detox_kernels.resolve_backend("sasa_reweight", logits, ids, hidden[:, :6], w, m)

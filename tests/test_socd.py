@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import importlib
 import itertools
 import subprocess
 import sys
@@ -14,12 +13,11 @@ import torch
 import detox_kernels
 from detox_kernels import socd
 from detox_kernels.dispatch import BackendUnavailableError
+from detox_kernels.ops import socd as socd_module
 from detox_kernels.reference import DIVERGENCES
 
 from backends import available_backends
 from socd_check import check_against_reference, make_logits
-
-socd_module = importlib.import_module("detox_kernels.socd")
 
 
 BACKENDS = available_backends(socd_module)
@@ -180,20 +178,24 @@ def test_forced_backend_errors_list_reasons(monkeypatch):
 def test_dispatch_lists_every_reason():
     from detox_kernels.dispatch import Backend, select
 
+    ran = []
     bs = [
-        Backend("a", None, lambda: "not built"),
-        Backend("b", None, lambda: None, lambda t, forced=False: ["too wide", "wrong dtype"]),
+        Backend("c", 2, lambda: None, lambda *a: ran.append("c")),
+        Backend("a", 0, lambda: "not built", None),
+        Backend("b", 1, lambda: None, None, lambda t, forced=False: ["too wide", "wrong dtype"]),
     ]
+    assert select("op", bs, torch.zeros(1)).name == "c"  # priority order, not list order
     with pytest.raises(BackendUnavailableError) as info:
-        select("op", bs, torch.zeros(1))
+        select("op", bs[1:], torch.zeros(1))
     msg = str(info.value)
     assert "a: not built" in msg and "b: too wide; wrong dtype" in msg
+    assert msg.index("a: not built") < msg.index("b: too wide")
 
 
 @pytest.mark.skipif("cpu" not in BACKENDS, reason="C++ extension not built")
 def test_auto_dispatch_picks_cpu_kernel_for_cpu_tensors():
     x, y = make_logits(2, 100, torch.float32, seed=0)
-    assert socd_module.select("socd", socd_module.BACKENDS, x, y).name == "cpu"
+    assert detox_kernels.resolve_backend("socd", x, y).backend == "cpu"
 
 
 @pytest.mark.skipif("cpu" not in BACKENDS, reason="C++ extension not built")
@@ -237,12 +239,10 @@ def test_import_without_extension_warns_once_and_falls_back():
         "warnings.simplefilter('always')\n"
         "with warnings.catch_warnings(record=True) as w:\n"
         "    warnings.simplefilter('always')\n"
-        "    import detox_kernels, importlib\n"
-        "    import detox_kernels.socd\n"
+        "    import detox_kernels\n"
         "import torch\n"
         "x = torch.randn(2, 50); y = torch.randn(2, 50)\n"
-        "m = importlib.import_module('detox_kernels.socd')\n"
-        "print('backend', m.select('socd', m.BACKENDS, x, y).name)\n"
+        "print('backend', detox_kernels.resolve_backend('socd', x, y).backend)\n"
         "print('warnings', sum('detox_kernels._C' in str(i.message) for i in w))\n"
         "print(detox_kernels.socd(x, y).shape)\n"
     )
@@ -311,3 +311,68 @@ def test_extension_built_from_older_sources_is_refused(monkeypatch):
     monkeypatch.setattr(_ext, "LOAD_ERROR", None)
     _ext._load()
     assert _ext._C is None and "out of date" in _ext.LOAD_ERROR and "detox::no_such_op" in _ext.LOAD_ERROR
+
+
+def test_error_messages_show_shape_dtype_and_device():
+    x, y = make_logits(8, 100, torch.float32, seed=0)
+    with pytest.raises(ValueError) as info:
+        socd(x, y[:, :99])
+    assert "base [8, 100] float32 cpu and toxic [8, 99] float32 cpu" in str(info.value)
+    with pytest.raises(ValueError, match=r"base \[8, 100\] float32 cpu and toxic \[8, 100\] bfloat16 cpu"):
+        socd(x, y.bfloat16())
+    with pytest.raises(ValueError, match=r"got base \[8, 100\] float64 cpu"):
+        socd(x.double(), y.double())
+    with pytest.raises(ValueError, match=r"base \[100\] float32 cpu and toxic \[100\] float32 cpu"):
+        socd(x[0], y[0])
+    with pytest.raises(ValueError, match=r"like base_logits \(\[8, 100\] float32 cpu\), got out \[8, 99\] float16 cpu"):
+        socd(x, y, out=torch.empty(8, 99, dtype=torch.float16))
+    with pytest.raises(TypeError, match="toxic a list, not a tensor"):
+        socd(x, y.tolist())
+
+
+def test_public_functions_do_not_shadow_modules():
+    import pkgutil
+
+    submodules = {m.name for m in pkgutil.iter_modules(detox_kernels.__path__)}
+    assert {"ops", "dispatch", "reference", "triton"} <= submodules
+    assert not submodules & set(detox_kernels.__all__)
+    assert callable(detox_kernels.socd) and callable(detox_kernels.sasa_reweight)
+    assert socd_module.__name__ == "detox_kernels.ops.socd" and socd_module.OP.name == "socd"
+    from detox_kernels.ops import reversal, sasa
+
+    assert sasa.OP.name == "sasa_reweight" and reversal.OP.name == "reverse_toxification_"
+
+
+def test_resolve_backend_binds_the_op_once():
+    x, y = make_logits(3, 120, torch.float32, seed=7)
+    bound = detox_kernels.resolve_backend("socd", x, y, backend="reference")
+    assert bound.backend == "reference" and "socd" in repr(bound)
+    out, stats = bound(x, y, divergence="jsd", k_min=3, return_stats=True)
+    want, want_stats = socd(x, y, divergence="jsd", k_min=3, return_stats=True, backend="reference")
+    assert torch.equal(out, want) and torch.equal(stats.k, want_stats.k)
+    assert not torch.equal(out, x)
+    # the example is checked like the op's own arguments, and the choice is the op's choice
+    with pytest.raises(ValueError, match=r"toxic \[3, 119\] float32 cpu"):
+        detox_kernels.resolve_backend("socd", x, y[:, :119])
+    with pytest.raises(ValueError, match="unknown op 'soft'"):
+        detox_kernels.resolve_backend("soft", x, y)
+    if not torch.cuda.is_available():
+        with pytest.raises(BackendUnavailableError, match="cuda.*forced"):
+            detox_kernels.resolve_backend("socd", x, y, backend="cuda")
+    with pytest.raises(TypeError):
+        bound(x, y, backend="cpu")  # the backend is bound: the callable has no backend= argument
+
+
+def test_bound_ops_take_the_public_defaults():
+    """The bound callable runs ``launch``, which repeats the public function's defaults: they must agree."""
+    import inspect
+
+    from detox_kernels.dispatch import OPS
+
+    for name, op in OPS.items():
+        public = inspect.signature(getattr(detox_kernels, name)).parameters
+        launch = inspect.signature(op.launch).parameters
+        assert list(launch)[1:] == [p for p in public if p != "backend"], name
+        for p, param in public.items():
+            if p != "backend":
+                assert launch[p].default == param.default and launch[p].kind == param.kind, (name, p)

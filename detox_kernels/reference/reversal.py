@@ -1,4 +1,5 @@
-"""Float64 reference of the toxification-reversal op (``../shared/specs/reversal.md``).
+"""Float64 reference of the toxification-reversal op (steer each attention head's output away
+from the direction a toxic prefix pushes it, scaled by how strongly and how similarly it does).
 
 The kernel contract, which every backend (C++ CPU, Triton, CUDA) computes, per token row ``b``
 of ``o [B, H, D]``, ``delta [B, H, D]`` and ``e_neg [H, D]``:

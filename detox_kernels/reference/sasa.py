@@ -1,4 +1,5 @@
-"""Float64 PyTorch reference for the SASA re-weighting op (``../shared/specs/sasa.md`` §2-3).
+"""Float64 PyTorch reference for the SASA re-weighting op (the candidates' margins against a linear
+toxicity subspace, and the re-weighting of their next-token scores by them).
 
 This is the definition every backend (C++ CPU, Triton, CUDA) is tested against. Vectorised over
 rows, everything in float64.
@@ -23,7 +24,7 @@ int32 candidate token ids), ``hidden [B, K, D]`` (fp32/fp16/bf16, the LM's hidde
    ``-inf``; every other logit is unchanged, bit for bit.
 5. A row with no candidate taking part is unchanged. NaN hidden states of a candidate that takes
    part make that row's weights NaN (``softmax``) or that candidate's (``tilt``); the public op
-   raises on CPU (see ``detox_kernels.sasa``).
+   raises on CPU (see ``detox_kernels.ops.sasa``).
 
 The kernels compute margins in float32 (other summation orders than this reference), so they
 agree with it to float32 rounding, not bit for bit.

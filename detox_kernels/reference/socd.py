@@ -1,4 +1,5 @@
-"""Float64 PyTorch reference for the SoCD op (``../shared/specs/socd.md``).
+"""Float64 PyTorch reference for the SoCD op (Soft Contrastive Decoding: suppress the tokens a
+toxic model prefers over the base model, by an amount set by the two distributions' divergence).
 
 This is the definition every backend (C++ CPU, Triton, CUDA) is tested against. It is
 vectorised over rows (no Python loop) and computes everything in float64, except the

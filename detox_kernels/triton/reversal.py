@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from ..dispatch import describe
 from . import AVAILABLE, UNAVAILABLE_REASON, tl, triton  # noqa: F401  (the guarded import)
 
 MAX_TILE = 16384  # H * D (padded to powers of two) held by one program
@@ -27,21 +28,24 @@ def _inner_contiguous(t: torch.Tensor) -> bool:
 
 def check_args(o, delta, e_neg, name="detox::reverse_toxification_triton"):
     if o.dim() != 3:
-        raise RuntimeError(f"{name}: head_out must be [B, H, D], got {tuple(o.shape)}")
+        raise RuntimeError(f"{name}: head_out must be [B, H, D], got head_out {describe(o)}")
     if delta.shape != o.shape:
-        raise RuntimeError(f"{name}: delta {tuple(delta.shape)} must have the shape of head_out {tuple(o.shape)}")
+        raise RuntimeError(f"{name}: delta must have the shape of head_out, got delta {describe(delta)} and head_out {describe(o)}")
     if e_neg.shape != o.shape[1:]:
-        raise RuntimeError(f"{name}: neg_end must be [H, D] = {tuple(o.shape[1:])}, got {tuple(e_neg.shape)}")
+        raise RuntimeError(f"{name}: neg_end must be [H, D] = {list(o.shape[1:])}, got neg_end {describe(e_neg)}")
     if o.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise RuntimeError(f"{name}: unsupported dtype {o.dtype}")
+        raise RuntimeError(f"{name}: unsupported dtype, got head_out {describe(o)}")
     if delta.dtype != o.dtype or e_neg.dtype != o.dtype:
-        raise RuntimeError(f"{name}: head_out, delta and neg_end must share one dtype")
+        raise RuntimeError(f"{name}: head_out, delta and neg_end must share one dtype, got head_out {describe(o)}, "
+                           f"delta {describe(delta)} and neg_end {describe(e_neg)}")
     if delta.device != o.device or e_neg.device != o.device:
-        raise RuntimeError(f"{name}: all tensors must be on one device")
+        raise RuntimeError(f"{name}: all tensors must be on one device, got head_out {describe(o)}, delta {describe(delta)} "
+                           f"and neg_end {describe(e_neg)}")
     if not (_inner_contiguous(o) and _inner_contiguous(delta)):
-        raise RuntimeError(f"{name}: each row of head_out and delta must be contiguous [H, D]")
+        raise RuntimeError(f"{name}: each row of head_out and delta must be contiguous [H, D], got strides {o.stride()} and "
+                           f"{delta.stride()}")
     if not e_neg.is_contiguous():
-        raise RuntimeError(f"{name}: neg_end must be contiguous")
+        raise RuntimeError(f"{name}: neg_end must be contiguous, got strides {e_neg.stride()}")
 
 
 if AVAILABLE:

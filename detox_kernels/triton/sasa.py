@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from ..dispatch import describe
 from . import AVAILABLE, UNAVAILABLE_REASON, tl, triton  # noqa: F401  (the guarded import)
 
 MAX_K = 1024  # one program holds K x K id comparisons
@@ -88,34 +89,38 @@ if AVAILABLE:
     def _check(logits, ids, hidden, direction, midpoint, beta, valid, margins, mode):
         op = "detox::sasa_reweight_triton"
         if logits.dim() != 2 or ids.dim() != 2 or ids.shape[0] != logits.shape[0]:
-            raise RuntimeError(f"{op}: logits must be [B, V] and ids [B, K]; got {tuple(logits.shape)}, {tuple(ids.shape)}")
+            raise RuntimeError(f"{op}: logits must be [B, V] and ids [B, K], got logits {describe(logits)} and ids {describe(ids)}")
         b, k = ids.shape
         if hidden.dim() != 3 or hidden.shape[:2] != (b, k):
-            raise RuntimeError(f"{op}: hidden must be [B, K, D] = [{b}, {k}, D], got {tuple(hidden.shape)}")
+            raise RuntimeError(f"{op}: hidden must be [B, K, D] = [{b}, {k}, D], got hidden {describe(hidden)}")
         d = hidden.shape[2]
         if direction.shape != (d,) or midpoint.shape != (d,) or direction.dtype != torch.float32 \
                 or midpoint.dtype != torch.float32 or not direction.is_contiguous() or not midpoint.is_contiguous():
-            raise RuntimeError(f"{op}: direction and midpoint must be contiguous float32 [D] with D = {d}")
+            raise RuntimeError(f"{op}: direction and midpoint must be contiguous float32 [D] with D = {d}, got direction "
+                               f"{describe(direction)} and midpoint {describe(midpoint)}")
         if beta.dtype != torch.float32 or beta.numel() != b or not beta.is_contiguous():
-            raise RuntimeError(f"{op}: beta must be a contiguous float32 [B] tensor")
+            raise RuntimeError(f"{op}: beta must be a contiguous float32 [B] tensor, B = {b}, got beta {describe(beta)}")
         if ids.dtype != torch.int64 or (k > 0 and ids.stride(1) != 1):
-            raise RuntimeError(f"{op}: ids must be int64 with a contiguous last dimension")
+            raise RuntimeError(f"{op}: ids must be int64 with a contiguous last dimension, got ids {describe(ids)} strides {ids.stride()}")
         if logits.dtype not in (torch.float32, torch.float16, torch.bfloat16) or \
                 hidden.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-            raise RuntimeError(f"{op}: logits and hidden must be float32, float16 or bfloat16")
+            raise RuntimeError(f"{op}: logits and hidden must be float32, float16 or bfloat16, got logits {describe(logits)} and "
+                               f"hidden {describe(hidden)}")
         if (logits.shape[1] > 0 and logits.stride(1) != 1) or (d > 0 and hidden.stride(2) != 1):
-            raise RuntimeError(f"{op}: logits and hidden must have a contiguous last dimension")
+            raise RuntimeError(f"{op}: logits and hidden must have a contiguous last dimension, got strides {logits.stride()} and "
+                               f"{hidden.stride()}")
         if margins.dtype != torch.float32 or margins.shape != (b, k) or (k > 0 and margins.stride(1) != 1):
-            raise RuntimeError(f"{op}: margins must be float32 [B, K]")
+            raise RuntimeError(f"{op}: margins must be float32 [B, K] = [{b}, {k}], got margins {describe(margins)}")
         if valid is not None and (valid.dtype != torch.bool or valid.shape != (b, k) or (k > 0 and valid.stride(1) != 1)):
-            raise RuntimeError(f"{op}: valid must be bool [B, K] with a contiguous last dimension")
+            raise RuntimeError(f"{op}: valid must be bool [B, K] = [{b}, {k}] with a contiguous last dimension, got valid "
+                               f"{describe(valid)}")
         if mode not in (0, 1):
             raise RuntimeError(f"{op}: mode must be 0 (softmax) or 1 (tilt)")
         if k > MAX_K:
-            raise RuntimeError(f"{op}: at most {MAX_K} candidates per row, got {k}")
+            raise RuntimeError(f"{op}: at most {MAX_K} candidates per row, got hidden {describe(hidden)}")
         for t in (ids, hidden, direction, midpoint, beta, margins) + ((valid,) if valid is not None else ()):
             if t.device != logits.device:
-                raise RuntimeError(f"{op}: all tensors must be on one device")
+                raise RuntimeError(f"{op}: all tensors must be on one device, got logits {describe(logits)} and {describe(t)}")
 
     @torch.library.triton_op("detox::sasa_reweight_triton", mutates_args={"logits", "margins"})
     def sasa_reweight_triton(

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import torch
 
+from ..dispatch import describe
 from . import AVAILABLE, UNAVAILABLE_REASON, libdevice, tl, triton  # noqa: F401  (the guarded import)
 
 DIVERGENCE_KINDS = ("fkl", "rkl", "skl", "jsd", "tvd", "l2")  # op codes 0..5
@@ -365,23 +366,25 @@ if AVAILABLE:
     def _check(base, toxic, out, alpha, divergence, k, divergence_kind, k_min, k_max, vocab_size):
         if base.dim() != 2:
             raise RuntimeError(
-                f"detox::socd_triton: base logits must be [B, V], got {tuple(base.shape)}"
+                f"detox::socd_triton: base logits must be [B, V], got base {describe(base)}"
             )
         if toxic.shape != base.shape or out.shape != base.shape:
             raise RuntimeError(
-                f"detox::socd_triton: toxic {tuple(toxic.shape)} and out {tuple(out.shape)} must "
-                f"have the shape of the base logits {tuple(base.shape)}"
+                f"detox::socd_triton: toxic and out must have the shape of the base logits, got base "
+                f"{describe(base)}, toxic {describe(toxic)} and out {describe(out)}"
             )
         if base.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-            raise RuntimeError(f"detox::socd_triton: unsupported dtype {base.dtype}")
+            raise RuntimeError(f"detox::socd_triton: unsupported dtype, got base {describe(base)}")
         if toxic.dtype != base.dtype or out.dtype != base.dtype:
-            raise RuntimeError("detox::socd_triton: base, toxic and out must share one dtype")
+            raise RuntimeError(f"detox::socd_triton: base, toxic and out must share one dtype, got base {describe(base)}, "
+                               f"toxic {describe(toxic)} and out {describe(out)}")
         for t in (toxic, out, alpha, divergence, k):
             if t.device != base.device:
-                raise RuntimeError("detox::socd_triton: all tensors must be on one device")
+                raise RuntimeError(f"detox::socd_triton: all tensors must be on one device, got base {describe(base)} and {describe(t)}")
         rows, cols = base.shape
         if cols > 0 and (base.stride(1) != 1 or toxic.stride(1) != 1 or out.stride(1) != 1):
-            raise RuntimeError("detox::socd_triton: the last dimension must be contiguous")
+            raise RuntimeError(f"detox::socd_triton: the last dimension must be contiguous, got strides base {base.stride()}, "
+                               f"toxic {toxic.stride()} and out {out.stride()}")
         for name, t, dt in (
             ("alpha", alpha, torch.float32),
             ("divergence", divergence, torch.float32),
@@ -389,7 +392,7 @@ if AVAILABLE:
         ):
             if t.dtype != dt or t.numel() != rows or not t.is_contiguous():
                 raise RuntimeError(
-                    f"detox::socd_triton: {name} must be a contiguous {dt} [B] tensor"
+                    f"detox::socd_triton: {name} must be a contiguous {dt} [B] tensor, B = {rows}, got {describe(t)}"
                 )
         if not 0 <= divergence_kind <= 5:
             raise RuntimeError("detox::socd_triton: divergence_kind must be in [0, 5]")

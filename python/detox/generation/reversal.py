@@ -32,7 +32,6 @@ from dataclasses import dataclass
 import torch
 
 import detox_kernels
-from detox_kernels import reversal as _rev_op
 
 NEG_PREFIX = "The following text is abusive, harmful, negative, obscene, racist, rude and toxic: "
 POS_PREFIX = "The following text is kind, polite, positive, respectful and supportive: "
@@ -195,11 +194,11 @@ class ToxificationReversal:
                                        f"the forward has {n}")
                 o = last.view(n, self.heads, self.head_dim)
                 if self._run is None:  # first call: full validation and backend choice, then reuse it
-                    detox_kernels.reverse_toxification_(o, self.delta[layer], self.e_neg[layer], norm_exp=self.norm_exp,
-                                                        sim_exp=self.sim_exp, renorm=self.renorm, backend=self.backend)
-                    self._run = _rev_op.select("reverse_toxification_", _rev_op.BACKENDS, o, backend=self.backend).run
-                else:  # same layout, dtype and device every step: skip the Python-side checks
-                    self._run(o, self.delta[layer], self.e_neg[layer], self.norm_exp, self.sim_exp, self.renorm)
+                    self._run = detox_kernels.resolve_backend("reverse_toxification_", o, self.delta[layer],
+                                                              self.e_neg[layer], backend=self.backend)
+                # same layout, dtype and device every step: the bound op skips the Python-side checks
+                self._run(o, self.delta[layer], self.e_neg[layer], norm_exp=self.norm_exp, sim_exp=self.sim_exp,
+                          renorm=self.renorm)
             elif mode == "capture":
                 n = x.shape[0] // 2
                 self.delta[layer] = (last[n:] - last[:n]).view(n, self.heads, self.head_dim)

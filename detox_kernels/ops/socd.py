@@ -1,9 +1,9 @@
-"""``detox_kernels.socd``: Soft Contrastive Decoding on a batch of logits.
+"""The SoCD op, :func:`detox_kernels.socd`: Soft Contrastive Decoding on a batch of logits.
 
-The public function validates arguments, resolves presets, allocates outputs and picks a
-backend (CUDA, Triton, C++ CPU, float64 reference) through :mod:`detox_kernels.dispatch`.
-Semantics: ``../shared/specs/socd.md``; the kernel contract is in
-:mod:`detox_kernels.reference.socd`.
+The public function checks its tensors, picks a backend (CUDA, Triton, C++ CPU, float64
+reference) through :mod:`detox_kernels.dispatch`, resolves presets, allocates the outputs and runs
+it. The kernel contract every backend implements is the docstring of
+:mod:`detox_kernels.reference.socd` (and ``docs/kernels.md``).
 """
 
 from __future__ import annotations
@@ -12,24 +12,9 @@ from typing import NamedTuple
 
 import torch
 
-from . import _ext
-from .dispatch import (
-    Backend,
-    cpu_unavailable,
-    cuda_unavailable,
-    device_reasons,
-    dtype_reasons,
-    select,
-    triton_device_reasons,
-)
-from .reference.socd import DIVERGENCES, socd_reference
-
-try:  # the Triton backend imports without triton installed and then reports why it is unavailable
-    from .triton import socd as _triton_socd
-
-    _TRITON_REASON = _triton_socd.UNAVAILABLE_REASON
-except ImportError as _exc:  # pragma: no cover
-    _TRITON_REASON = f"detox_kernels.triton.socd failed to import: {_exc}"
+from .. import _ext
+from ..dispatch import SUPPORTED_DTYPES, Op, describe, register, standard_backends
+from ..reference.socd import DIVERGENCES, socd_reference
 
 DIVERGENCE_CODES = {name: i for i, name in enumerate(DIVERGENCES)}  # order fixed by csrc/ops.cpp
 PRESETS = {
@@ -61,71 +46,63 @@ class SocdArgs(NamedTuple):
 # ---------------------------------------------------------------- backends
 
 
-def _run_compiled(base, toxic, out, stats, a: SocdArgs):
-    torch.ops.detox.socd(base, toxic, out, stats.alpha, stats.divergence, stats.k, *a)
-
-
-def _run_triton(base, toxic, out, stats, a: SocdArgs):
-    torch.ops.detox.socd_triton(base, toxic, out, stats.alpha, stats.divergence, stats.k, *a)
-
-
-def _run_reference(base, toxic, out, stats, a: SocdArgs):
-    new, alpha, d, m = socd_reference(
+def _run_reference(base, toxic, out, alpha, divergence, k, divergence_kind, k_min, k_max, vocab_size, k_ceil,
+                   signed_subtract):
+    new, a, d, m = socd_reference(
         base,
         toxic,
-        divergence=DIVERGENCES[a.divergence_kind],
-        k_min=a.k_min,
-        k_max=a.k_max,
-        k_rounding="ceil" if a.k_ceil else "floor",
-        subtract="signed" if a.signed_subtract else "abs",
-        vocab_size=a.vocab_size,
+        divergence=DIVERGENCES[divergence_kind],
+        k_min=k_min,
+        k_max=k_max,
+        k_rounding="ceil" if k_ceil else "floor",
+        subtract="signed" if signed_subtract else "abs",
+        vocab_size=vocab_size,
     )
     out.copy_(new)
-    stats.alpha.copy_(alpha)
-    stats.divergence.copy_(d)
-    stats.k.copy_(m)
+    alpha.copy_(a)
+    divergence.copy_(d)
+    k.copy_(m)
 
 
-def _compiled_reasons(device_type):
-    def reasons(base, toxic, forced=False):
-        return device_reasons(base, device_type) + dtype_reasons(base)
-
-    return reasons
-
-
-def _triton_reasons(base, toxic, forced=False):
-    return dtype_reasons(base) + triton_device_reasons(base, forced)
-
-
-BACKENDS = (
-    Backend("cuda", _run_compiled, cuda_unavailable, _compiled_reasons("cuda")),
-    Backend("triton", _run_triton, lambda: _TRITON_REASON, _triton_reasons),
-    Backend("cpu", _run_compiled, cpu_unavailable, _compiled_reasons("cpu")),
-    Backend("reference", _run_reference, lambda: None, lambda base, toxic, forced=False: []),
-)
+# chosen on base_logits (toxic_logits has its dtype and device, checked first)
+BACKENDS = standard_backends("socd", ("base_logits",), reference_run=_run_reference, triton_module="socd")
 
 
 # ---------------------------------------------------------------- public op
 
 
-def _resolve(base, toxic, divergence, k_min, k_max, k_rounding, subtract, preset, vocab_size) -> SocdArgs:
+def _check(base_logits, toxic_logits, *, out=None, **_options) -> tuple:
+    """The tensor checks of :func:`socd` (shapes, dtypes, devices); returns the dispatch input."""
+    base, toxic = base_logits, toxic_logits
     if not isinstance(base, torch.Tensor) or not isinstance(toxic, torch.Tensor):
-        raise TypeError("socd: base_logits and toxic_logits must be tensors")
+        raise TypeError(f"socd: base_logits and toxic_logits must be tensors, got base {describe(base)} and "
+                        f"toxic {describe(toxic)}")
     if base.dim() != 2 or toxic.shape != base.shape:
         raise ValueError(
-            "socd: base_logits and toxic_logits must both be [B, V] with the same shape; got "
-            f"{tuple(base.shape)} and {tuple(toxic.shape)} (models with different vocabularies "
+            "socd: base_logits and toxic_logits must both be [B, V] with the same shape, got "
+            f"base {describe(base)} and toxic {describe(toxic)} (models with different vocabularies "
             "cannot be contrasted; pass vocab_size= for padded output layers)"
         )
     if toxic.dtype != base.dtype:
-        raise ValueError(f"socd: base_logits is {base.dtype} but toxic_logits is {toxic.dtype}")
+        raise ValueError(f"socd: base_logits and toxic_logits must have the same dtype, got base {describe(base)} "
+                         f"and toxic {describe(toxic)}")
     if toxic.device != base.device:
-        raise ValueError(f"socd: base_logits is on {base.device} but toxic_logits is on {toxic.device}")
-    if base.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"socd: logits must be float32, float16 or bfloat16, got {base.dtype}")
+        raise ValueError(f"socd: base_logits and toxic_logits must be on the same device, got base "
+                         f"{describe(base)} and toxic {describe(toxic)}")
+    if base.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"socd: logits must be float32, float16 or bfloat16, got base {describe(base)}")
+    if out is not None and (
+        not isinstance(out, torch.Tensor) or out.shape != base.shape or out.dtype != base.dtype
+        or out.device != base.device
+    ):
+        raise ValueError(f"socd: out must be a tensor like base_logits ({describe(base)}), got out {describe(out)}")
+    return (base,)
+
+
+def _resolve(width, divergence, k_min, k_max, k_rounding, subtract, preset, vocab_size) -> SocdArgs:
+    """The non-tensor arguments of :func:`socd`, checked and with the preset applied."""
     if divergence not in DIVERGENCE_CODES:
         raise ValueError(f"socd: unknown divergence {divergence!r}; choose one of {', '.join(DIVERGENCES)}")
-    width = base.shape[1]
     v = width if vocab_size is None else int(vocab_size)
     if not 0 < v <= width:
         raise ValueError(f"socd: vocab_size must be in [1, {width}] (the logits' width), got {vocab_size}")
@@ -145,6 +122,48 @@ def _resolve(base, toxic, divergence, k_min, k_max, k_rounding, subtract, preset
     if int(k_min) < 0 or int(k_max) < 0:
         raise ValueError(f"socd: k_min and k_max must be >= 0, got {k_min} and {k_max}")
     return SocdArgs(DIVERGENCE_CODES[divergence], int(k_min), int(k_max), v, k_rounding == "ceil", subtract == "signed")
+
+
+def _launch(
+    chosen,
+    base_logits,
+    toxic_logits,
+    *,
+    divergence="l2",
+    k_min=10,
+    k_max=None,
+    k_rounding="ceil",
+    subtract="abs",
+    preset=None,
+    vocab_size=None,
+    out=None,
+    return_stats=False,
+    check_nan=None,
+):
+    """:func:`socd` on the backend ``chosen``, without the tensor checks (same defaults)."""
+    a = _resolve(base_logits.shape[1], divergence, k_min, k_max, k_rounding, subtract, preset, vocab_size)
+    base, toxic = base_logits, toxic_logits
+    if base.shape[1] > 0 and (base.stride(1) != 1 or toxic.stride(1) != 1):
+        base, toxic = base.contiguous(), toxic.contiguous()
+    target = out if out is not None else torch.empty_like(base, memory_format=torch.contiguous_format)
+    work = target if (target.shape[1] == 0 or target.stride(1) == 1) else torch.empty_like(base)
+    rows = base.shape[0]
+    stats = SocdStats(
+        torch.empty(rows, dtype=torch.float32, device=base.device),
+        torch.empty(rows, dtype=torch.float32, device=base.device),
+        torch.empty(rows, dtype=torch.int32, device=base.device),
+    )
+    chosen.run(base, toxic, work, stats.alpha, stats.divergence, stats.k, *a)
+    if work is not target:
+        target.copy_(work)
+    if check_nan is None:
+        check_nan = base.device.type == "cpu"
+    if check_nan and not torch.compiler.is_compiling():
+        _raise_on_nan(base, toxic, stats, a.vocab_size)
+    return (target, stats) if return_stats else target
+
+
+OP = register(Op("socd", BACKENDS, _check, _launch))
 
 
 def socd(
@@ -186,35 +205,10 @@ def socd(
     Returns:
         The new logits (``out`` if given), or ``(logits, stats)`` with ``return_stats=True``.
     """
-    a = _resolve(base_logits, toxic_logits, divergence, k_min, k_max, k_rounding, subtract, preset, vocab_size)
-    chosen = select("socd", BACKENDS, base_logits, toxic_logits, backend=backend)
-    base, toxic = base_logits, toxic_logits
-    if base.shape[1] > 0 and (base.stride(1) != 1 or toxic.stride(1) != 1):
-        base, toxic = base.contiguous(), toxic.contiguous()
-    target = out
-    if out is None:
-        target = torch.empty_like(base, memory_format=torch.contiguous_format)
-    else:
-        if out.shape != base_logits.shape or out.dtype != base_logits.dtype or out.device != base_logits.device:
-            raise ValueError(
-                f"socd: out must be a {base_logits.dtype} tensor of shape {tuple(base_logits.shape)} on "
-                f"{base_logits.device}; got {out.dtype} {tuple(out.shape)} on {out.device}"
-            )
-    work = target if (target.shape[1] == 0 or target.stride(1) == 1) else torch.empty_like(base)
-    rows = base.shape[0]
-    stats = SocdStats(
-        torch.empty(rows, dtype=torch.float32, device=base.device),
-        torch.empty(rows, dtype=torch.float32, device=base.device),
-        torch.empty(rows, dtype=torch.int32, device=base.device),
-    )
-    chosen.run(base, toxic, work, stats, a)
-    if work is not target:
-        target.copy_(work)
-    if check_nan is None:
-        check_nan = base.device.type == "cpu"
-    if check_nan and not torch.compiler.is_compiling():
-        _raise_on_nan(base, toxic, stats, a.vocab_size)
-    return (target, stats) if return_stats else target
+    chosen = OP.select(*_check(base_logits, toxic_logits, out=out), backend=backend)
+    return _launch(chosen, base_logits, toxic_logits, divergence=divergence, k_min=k_min, k_max=k_max,
+                   k_rounding=k_rounding, subtract=subtract, preset=preset, vocab_size=vocab_size, out=out,
+                   return_stats=return_stats, check_nan=check_nan)
 
 
 def _raise_on_nan(base, toxic, stats, v):
