@@ -263,7 +263,7 @@ def test_processor_reused_across_generate_calls(models):
     ids2, mask2 = left_pad([[9, 8, 7, 6, 5, 4, 3, 21, 22, 23, 24, 25, 26, 27]] * 3)  # longer than the first call
     reused = SoCDLogitsProcessor(tox, attention_mask=mask1)
     run_generate(base, reused, ids1, mask1, 6)
-    reused.aux[0].prompt_mask = mask2
+    reused.auxiliaries[0].prompt_mask = mask2
     again = run_generate(base, reused, ids2, mask2, 4)
     fresh = run_generate(base, SoCDLogitsProcessor(tox, attention_mask=mask2), ids2, mask2, 4)
     assert torch.equal(again, fresh)

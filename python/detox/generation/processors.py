@@ -6,20 +6,68 @@ anti-expert) and runs them incrementally beside ``generate``: the first call fee
 newly generated token, reusing the auxiliary model's own KV cache. No host synchronisation,
 no loop over rows. Pass them to ``model.generate(..., logits_processor=LogitsProcessorList([p]))``:
 generate places custom processors after the non-warping ones (repetition penalty, ...) and
-before temperature / top-k / top-p, which is where ``socd.md`` puts SoCD.
+before temperature / top-k / top-p, which is where SoCD belongs: it acts on the raw scores,
+before any truncation or temperature (the method and the baselines' rules are described in the
+repository's ``docs/methods/socd.md``).
+
+The processors never write into the scores they are given: generate may hand them the very
+tensor it records as the raw logits (``output_logits=True``), so each returns a new tensor.
 
 Only greedy and multinomial sampling are supported (beam search reorders rows). Use one processor
 per ``generate`` call (or call ``reset()``): a new call is recognised by its sequence length only.
+An auxiliary model may be primed with a prefilled KV cache (:meth:`AuxiliaryLM.prime`), reached
+through the processor's ``auxiliaries``.
+
+The KV cache is passed under the keyword the model's forward declares (``cache`` in transformers
+5.x, where ``past_key_values`` is deprecated; ``past_key_values`` in 4.x), see
+:func:`cache_keyword` and :func:`model_cache`.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
-from transformers import LogitsProcessor
+from transformers import GenerationMixin, LogitsProcessor
 
 import detox_kernels
+
+
+def _declares(fn, name: str) -> bool | None:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return None
+    return name in params
+
+
+# The installed transformers' convention, for a forward that declares neither name (``**kwargs``).
+_LIBRARY_CACHE_KEYWORD = ("cache" if _declares(GenerationMixin.prepare_inputs_for_generation, "cache")
+                          else "past_key_values")
+
+
+def cache_keyword(model) -> str:
+    """The keyword under which ``model``'s forward (and so its ``generate``) takes a KV cache:
+    ``cache`` in current transformers (5.x, where ``past_key_values`` is deprecated and warns),
+    ``past_key_values`` in earlier ones (4.56, ...), where ``cache=`` would be silently ignored.
+    Read from the forward's signature; a forward declaring neither gets the installed library's."""
+    fwd = getattr(model, "forward", model)
+    if _declares(fwd, "cache"):
+        return "cache"
+    if _declares(fwd, "past_key_values"):
+        return "past_key_values"
+    return _LIBRARY_CACHE_KEYWORD
+
+
+def model_cache(output):
+    """The KV cache a forward returned: ``output.cache`` where the output class has that field
+    (transformers 5.x, where reading ``past_key_values`` logs a deprecation), else
+    ``output.past_key_values``."""
+    fields = getattr(output, "__dataclass_fields__", None) or {}
+    if "cache" in fields:
+        return output.cache
+    return output.past_key_values
 
 
 class AuxiliaryLM:
@@ -29,6 +77,9 @@ class AuxiliaryLM:
     ``generate``; with ``num_return_sequences=n`` generate repeats each row ``n`` times and
     the mask is expanded the same way. Without a mask, padding is inferred from
     ``pad_token_id`` (left padding only) or assumed absent.
+
+    The first call of a ``generate`` run normally feeds the whole prompt; :meth:`prime` hands
+    over a prefilled cache instead.
     """
 
     def __init__(self, model, attention_mask: torch.Tensor | None = None, pad_token_id: int | None = None,
@@ -37,6 +88,7 @@ class AuxiliaryLM:
         self.prompt_mask = attention_mask
         self.pad_token_id = pad_token_id
         self.temperature = float(temperature)
+        self._cache_kw = cache_keyword(model)  # the model's forward signature, inspected once
         self.reset()
 
     def reset(self):
@@ -44,6 +96,30 @@ class AuxiliaryLM:
         self.mask = None
         self.seen = 0
         self.rows = None
+
+    def prime(self, cache, attention_mask: torch.Tensor) -> None:
+        """Start the next ``generate`` run from a prefilled KV cache instead of the prompt.
+
+        Contract: ``attention_mask`` is the prompt's mask as generate will run it (``[B, L]``,
+        one row per generated sequence, i.e. after any ``num_return_sequences`` expansion, left
+        padded so that the last position is a real token). ``cache`` holds this model's keys and
+        values for the prompt's first ``L - 1`` positions, for those ``B`` rows, computed with that
+        mask (``[:, :L-1]``) and the matching position ids (``cumsum - 1`` of the mask). The next
+        :meth:`next_logits` call, generate's first step with ``input_ids`` of length ``L``, then
+        feeds only the last prompt token. Any other first call (another length or row count)
+        discards the primed cache and prefills from scratch.
+        """
+        if attention_mask.dim() != 2 or attention_mask.shape[1] < 2:
+            raise ValueError(f"prime: attention_mask must be [B, L] with L >= 2, got {tuple(attention_mask.shape)}")
+        rows, length = attention_mask.shape
+        get_len = getattr(cache, "get_seq_length", None)
+        if get_len is not None and int(get_len()) != length - 1:
+            raise ValueError(f"prime: the cache must cover all prompt positions but the last ({length - 1}), "
+                             f"it covers {int(get_len())}")
+        self.cache = cache
+        self.mask = attention_mask[:, :-1].long()
+        self.seen = length - 1
+        self.rows = rows
 
     def _prompt_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
         b = input_ids.shape[0]
@@ -84,11 +160,11 @@ class AuxiliaryLM:
             input_ids=new.to(self.model.device),
             attention_mask=self.mask.to(self.model.device),
             position_ids=pos.to(self.model.device),
-            past_key_values=self.cache,
             use_cache=True,
             logits_to_keep=1,
+            **{self._cache_kw: self.cache},
         )
-        self.cache = out.past_key_values
+        self.cache = model_cache(out)
         self.seen = length
         logits = out.logits[:, -1, :].to(device=input_ids.device, dtype=torch.float32)
         if self.temperature != 1.0:
@@ -112,6 +188,12 @@ class _AuxProcessor(LogitsProcessor):
                     for m, t in zip(models, temperatures)]
         self.vocab_size = vocab_size
 
+    @property
+    def auxiliaries(self) -> tuple[AuxiliaryLM, ...]:
+        """The auxiliary models this processor runs, in its documented order (e.g. to
+        :meth:`AuxiliaryLM.prime` them with a prefilled cache before ``generate``)."""
+        return tuple(a for a in self.aux if a is not None)
+
     def reset(self):
         for a in self.aux:
             if a is not None:
@@ -126,8 +208,11 @@ class _AuxProcessor(LogitsProcessor):
 
 
 class SoCDLogitsProcessor(_AuxProcessor):
-    """Soft Contrastive Decoding (socd.md): one fused ``detox_kernels.socd`` call per step,
-    in place on the scores. Keyword arguments are those of :func:`detox_kernels.socd`."""
+    """Soft Contrastive Decoding: per row, a divergence between the base and the toxic model's
+    next-token distributions sets how many of the toxic model's preferred tokens are suppressed
+    and by how much (see ``docs/methods/socd.md``). One fused ``detox_kernels.socd`` call per step,
+    into a new tensor (the given scores are left as they are). Keyword arguments are those of
+    :func:`detox_kernels.socd`. ``auxiliaries``: ``(toxic,)``."""
 
     def __init__(self, toxic_model, *, attention_mask=None, pad_token_id=None, vocab_size=None,
                  divergence="l2", k_min=10, k_max=None, k_rounding="ceil", subtract="abs", preset=None,
@@ -140,11 +225,14 @@ class SoCDLogitsProcessor(_AuxProcessor):
 
     def __call__(self, input_ids, scores):
         toxic = self._aux_logits(0, input_ids, scores)
-        _, st = detox_kernels.socd(scores, toxic, vocab_size=self._vocab(scores), out=scores, return_stats=True,
-                                   **self.kwargs)
+        # Not ``out=scores``: generate may record this very tensor as the raw logits. Nor a buffer
+        # reused across steps: with ``output_scores=True`` generate keeps the returned tensor of
+        # every step. On a GPU the caching allocator makes the fresh tensor cheap.
+        new, st = detox_kernels.socd(scores, toxic, vocab_size=self._vocab(scores), return_stats=True,
+                                     **self.kwargs)
         if self.record_stats:
             self.stats.append(st)
-        return scores
+        return new
 
 
 def plausibility_mask(scores: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -155,7 +243,8 @@ def plausibility_mask(scores: torch.Tensor, alpha: float) -> torch.Tensor:
 
 
 class ContrastiveDecodingLogitsProcessor(_AuxProcessor):
-    """Vanilla contrastive decoding with an amateur (here: the toxic) model (socd.md).
+    """Vanilla contrastive decoding with an amateur (here: the toxic) model, one of the baselines
+    described with SoCD in ``docs/methods/socd.md``. ``auxiliaries``: ``(amateur,)``.
 
     ``form="obrien"``: ``s = (1+beta) x - beta y`` on the plausible set, ``-inf`` elsewhere
     (alpha = 0.1, beta = 0.5). ``form="li"``: ``log p_expert - log p_amateur`` with the amateur
@@ -196,10 +285,12 @@ def top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
 
 
 class DExpertsLogitsProcessor(_AuxProcessor):
-    """DExperts (socd.md): ``s = top_p_filter(x, 0.9) + alpha (e - a)``, alpha = 2.0, then sample
-    from ``softmax(s)`` with no further truncation (generate with ``top_p=1.0``).
+    """DExperts (a baseline described with SoCD in ``docs/methods/socd.md``):
+    ``s = top_p_filter(x, 0.9) + alpha (e - a)``, alpha = 2.0, then sample from ``softmax(s)``
+    with no further truncation (generate with ``top_p=1.0``).
 
     ``expert_model=None`` uses the base scores as the expert (anti-expert only).
+    ``auxiliaries``: ``(expert, anti_expert)``, or ``(anti_expert,)`` without an expert model.
     ``alpha=0`` with ``top_p=1`` leaves the scores unchanged.
     """
 
@@ -223,8 +314,9 @@ class DExpertsLogitsProcessor(_AuxProcessor):
 
 
 class UniDetoxLogitsProcessor(_AuxProcessor):
-    """UniDetox distillation sampling (socd.md): ``s = x - y`` on ``{x >= max x + log 0.1}``,
-    ``-inf`` elsewhere, with ``y`` the toxic model. Used to sample the distillation texts."""
+    """UniDetox distillation sampling (a baseline described with SoCD in ``docs/methods/socd.md``):
+    ``s = x - y`` on ``{x >= max x + log 0.1}``, ``-inf`` elsewhere, with ``y`` the toxic model.
+    Used to sample the distillation texts. ``auxiliaries``: ``(toxic,)``."""
 
     def __init__(self, toxic_model, *, alpha=0.1, attention_mask=None, pad_token_id=None, vocab_size=None):
         super().__init__([toxic_model], attention_mask, pad_token_id, vocab_size)

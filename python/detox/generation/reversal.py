@@ -33,6 +33,8 @@ import torch
 
 import detox_kernels
 
+from .processors import cache_keyword, model_cache
+
 NEG_PREFIX = "The following text is abusive, harmful, negative, obscene, racist, rude and toxic: "
 POS_PREFIX = "The following text is kind, polite, positive, respectful and supportive: "
 
@@ -178,6 +180,7 @@ class ToxificationReversal:
         self._drop = None  # [n, prompt length] bool: the prompt's leading BOS, masked out of the read pass
         self._handles = []
         self._run = None
+        self._cache_kw = cache_keyword(model.base_model)  # "cache" (transformers 5.x) or "past_key_values"
 
     # ------------------------------------------------------------ hooks
     def _site_hook(self, layer: int):
@@ -214,7 +217,8 @@ class ToxificationReversal:
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         if input_ids is None:
             raise ValueError("toxification reversal needs input_ids (inputs_embeds are not supported)")
-        past = kwargs.get("past_key_values")
+        # generate passes the cache as ``cache`` in transformers 5.x, ``past_key_values`` before
+        past = kwargs.get("cache", kwargs.get("past_key_values"))
         past_len = past.get_seq_length() if past is not None and hasattr(past, "get_seq_length") else 0
         mask = kwargs.get("attention_mask")
         if mask is None:
@@ -249,11 +253,11 @@ class ToxificationReversal:
         pos = (full.cumsum(-1) - 1).clamp_min(0)[:, -ids.shape[1]:]
         self._mode = "capture"
         try:
-            out = self.model.base_model(input_ids=ids, attention_mask=full, position_ids=pos,
-                                        past_key_values=self._cache, use_cache=True)
+            out = self.model.base_model(input_ids=ids, attention_mask=full, position_ids=pos, use_cache=True,
+                                        **{self._cache_kw: self._cache})
         finally:
             self._mode = "apply"
-        self._cache = out.past_key_values
+        self._cache = model_cache(out)
 
     @torch.no_grad()
     def _compute_e_neg(self):

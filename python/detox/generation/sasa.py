@@ -46,6 +46,8 @@ from transformers.cache_utils import DynamicCache
 
 import detox_kernels
 
+from .processors import cache_keyword, model_cache
+
 
 def _warpers(temperature: float, top_k: int, top_p: float) -> LogitsProcessorList:
     """The warpers ``generate(do_sample=True, temperature=, top_k=, top_p=)`` builds, in its order."""
@@ -102,6 +104,7 @@ class SASADecoder:
                              f"this model uses {cfg._attn_implementation}")
         self.model = model
         self.base, self.head = _decoder_and_head(model)
+        self._cache_kw = cache_keyword(self.base)  # "cache" (transformers 5.x) or "past_key_values"
         p = next(model.parameters())
         d = model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.n_embd
         self.direction = torch.as_tensor(direction, dtype=torch.float32).to(p.device).reshape(-1)
@@ -125,10 +128,10 @@ class SASADecoder:
     # ------------------------------------------------------------------ pieces
     def _prefill(self, ids, mask):
         cache = DynamicCache(config=self.model.config)
-        out = self.base(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), past_key_values=cache,
-                        use_cache=True)
+        out = self.base(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True,
+                        **{self._cache_kw: cache})
         h = out.last_hidden_state[:, -1]
-        return self.head(h).float(), out.past_key_values
+        return self.head(h).float(), model_cache(out)
 
     def _candidate_mask(self, attn: torch.Tensor, k: int, dtype) -> torch.Tensor:
         """Additive ``[B, 1, K, T + K]`` mask: each candidate sees the row's prefix and itself."""
@@ -144,7 +147,7 @@ class SASADecoder:
         t = attn.shape[1]
         dtype = next(self.model.parameters()).dtype
         out = self.base(input_ids=cand, attention_mask=self._candidate_mask(attn, k, dtype),
-                        position_ids=pos_next[:, None].expand(b, k), past_key_values=cache,
+                        position_ids=pos_next[:, None].expand(b, k), **{self._cache_kw: cache},
                         cache_position=torch.arange(t, t + k, device=cand.device), use_cache=True)
         return out.last_hidden_state  # [B, K, D]
 
@@ -260,6 +263,7 @@ def sasa_generate_one_at_a_time(model, input_ids, attention_mask, direction, mid
     eager PyTorch and re-weights, samples, and keeps the chosen copy. For tests and benchmarks.
     Tokens outside the candidates are masked (there is no other forward to take them from)."""
     base, head = _decoder_and_head(model)
+    cache_kw = cache_keyword(base)
     w = torch.as_tensor(direction, dtype=torch.float32)
     m = torch.as_tensor(midpoint, dtype=torch.float32)
     if eos_token_id is None:
@@ -271,7 +275,7 @@ def sasa_generate_one_at_a_time(model, input_ids, attention_mask, direction, mid
         keep = attention_mask[r].bool()
         ids = input_ids[r:r + 1, keep]  # the row without its padding
         cache = DynamicCache(config=model.config)
-        out = base(input_ids=ids, past_key_values=cache, use_cache=True)
+        out = base(input_ids=ids, use_cache=True, **{cache_kw: cache})
         logits = head(out.last_hidden_state[:, -1]).float()
         gen = []
         for _ in range(max_new_tokens):
@@ -282,7 +286,7 @@ def sasa_generate_one_at_a_time(model, input_ids, attention_mask, direction, mid
             big = DynamicCache(config=model.config)
             for li, layer in enumerate(cache.layers):  # K copies of the prefix cache
                 big.update(layer.keys.repeat(k, 1, 1, 1), layer.values.repeat(k, 1, 1, 1), li)
-            o = base(input_ids=cand.view(k, 1), past_key_values=big, use_cache=True)
+            o = base(input_ids=cand.view(k, 1), use_cache=True, **{cache_kw: big})
             h = o.last_hidden_state[:, -1].float()  # [K, D]
             margin = (h - m) @ w
             if mode == "softmax":

@@ -20,6 +20,7 @@ import torch
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from .. import methods as registry
+from ..generation.processors import cache_keyword, model_cache
 from .rank import TextEmbedder, dedupe, fusion_scores
 from .sampling import RowSeededSampler, hash32
 from .templates import load_template
@@ -121,11 +122,10 @@ class Rewriter:
         # model), then repeat the caches k times, instead of prefilling k identical rows.
         kw = {}
         if self.shared_prefill and ids1.shape[1] > 1:
-            kw["past_key_values"] = self._prefill(self.model, ids1, mask1, k)
+            kw[cache_keyword(self.model)] = self._prefill(self.model, ids1, mask1, k)
             if self.toxic is not None:
-                aux = procs[0].aux[0]
-                aux.cache = self._prefill(self.toxic, ids1, mask1, k)
-                aux.seen, aux.rows, aux.mask = ids.shape[1] - 1, ids.shape[0], mask[:, :-1].long()
+                (aux,) = procs[0].auxiliaries
+                aux.prime(self._prefill(self.toxic, ids1, mask1, k), mask)
         crit = self._stopping()
         if crit is not None:
             kw["stopping_criteria"] = StoppingCriteriaList([crit])
@@ -158,7 +158,7 @@ class Rewriter:
         pos = (mask.long().cumsum(-1) - 1).clamp_min(0)
         out = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1], use_cache=True,
                     logits_to_keep=1)
-        cache = out.past_key_values
+        cache = model_cache(out)
         cache.batch_repeat_interleave(k)
         return cache
 
