@@ -8,7 +8,7 @@ no loop over rows. Pass them to ``model.generate(..., logits_processor=LogitsPro
 generate places custom processors after the non-warping ones (repetition penalty, ...) and
 before temperature / top-k / top-p, which is where SoCD belongs: it acts on the raw scores,
 before any truncation or temperature (the method and the baselines' rules are described in the
-repository's ``docs/methods/socd.md``).
+repository's ``docs/methods/``).
 
 The processors never write into the scores they are given: generate may hand them the very
 tensor it records as the raw logits (``output_logits=True``), so each returns a new tensor.
@@ -210,7 +210,7 @@ class _AuxProcessor(LogitsProcessor):
 class SoCDLogitsProcessor(_AuxProcessor):
     """Soft Contrastive Decoding: per row, a divergence between the base and the toxic model's
     next-token distributions sets how many of the toxic model's preferred tokens are suppressed
-    and by how much (see ``docs/methods/socd.md``). One fused ``detox_kernels.socd`` call per step,
+    and by how much (see ``docs/methods/``). One fused ``detox_kernels.socd`` call per step,
     into a new tensor (the given scores are left as they are). Keyword arguments are those of
     :func:`detox_kernels.socd`. ``auxiliaries``: ``(toxic,)``."""
 
@@ -244,7 +244,7 @@ def plausibility_mask(scores: torch.Tensor, alpha: float) -> torch.Tensor:
 
 class ContrastiveDecodingLogitsProcessor(_AuxProcessor):
     """Vanilla contrastive decoding with an amateur (here: the toxic) model, one of the baselines
-    described with SoCD in ``docs/methods/socd.md``. ``auxiliaries``: ``(amateur,)``.
+    described in ``docs/methods/cd.md``. ``auxiliaries``: ``(amateur,)``.
 
     ``form="obrien"``: ``s = (1+beta) x - beta y`` on the plausible set, ``-inf`` elsewhere
     (alpha = 0.1, beta = 0.5). ``form="li"``: ``log p_expert - log p_amateur`` with the amateur
@@ -285,7 +285,7 @@ def top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
 
 
 class DExpertsLogitsProcessor(_AuxProcessor):
-    """DExperts (a baseline described with SoCD in ``docs/methods/socd.md``):
+    """DExperts (``docs/methods/dexperts.md``):
     ``s = top_p_filter(x, 0.9) + alpha (e - a)``, alpha = 2.0, then sample from ``softmax(s)``
     with no further truncation (generate with ``top_p=1.0``).
 
@@ -314,7 +314,7 @@ class DExpertsLogitsProcessor(_AuxProcessor):
 
 
 class UniDetoxLogitsProcessor(_AuxProcessor):
-    """UniDetox distillation sampling (a baseline described with SoCD in ``docs/methods/socd.md``):
+    """UniDetox distillation sampling (``docs/methods/unidetox.md``):
     ``s = x - y`` on ``{x >= max x + log 0.1}``, ``-inf`` elsewhere, with ``y`` the toxic model.
     Used to sample the distillation texts. ``auxiliaries``: ``(toxic,)``."""
 
