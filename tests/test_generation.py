@@ -17,9 +17,9 @@ from detox.generation import (
     ContrastiveDecodingLogitsProcessor,
     DExpertsLogitsProcessor,
     SoCDLogitsProcessor,
-    UniDetoxLogitsProcessor,
     top_p_filter,
 )
+from detox.methods.unidetox import UniDetoxLogitsProcessor
 from detox_kernels.reference import socd_reference
 
 VOCAB = 101

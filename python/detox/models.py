@@ -28,6 +28,10 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlparse
 
+# transformers >= 5.25 replaces layers by kernels fetched from the Hub by default; this package runs
+# offline and its models are plain PyTorch, so hub kernels are off unless the user turns them on.
+os.environ.setdefault("USE_HUB_KERNELS", "NO")
+
 import torch
 
 from . import assets

@@ -5,7 +5,6 @@ from .processors import (
     ContrastiveDecodingLogitsProcessor,
     DExpertsLogitsProcessor,
     SoCDLogitsProcessor,
-    UniDetoxLogitsProcessor,
     plausibility_mask,
     top_p_filter,
 )
@@ -16,7 +15,6 @@ __all__ = [
     "ContrastiveDecodingLogitsProcessor",
     "DExpertsLogitsProcessor",
     "SoCDLogitsProcessor",
-    "UniDetoxLogitsProcessor",
     "plausibility_mask",
     "top_p_filter",
     "ToxificationReversal",

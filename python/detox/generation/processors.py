@@ -311,19 +311,3 @@ class DExpertsLogitsProcessor(_AuxProcessor):
         v = self._vocab(scores)
         s[:, v:] = -math.inf
         return s
-
-
-class UniDetoxLogitsProcessor(_AuxProcessor):
-    """UniDetox distillation sampling (``docs/methods/unidetox.md``):
-    ``s = x - y`` on ``{x >= max x + log 0.1}``, ``-inf`` elsewhere, with ``y`` the toxic model.
-    Used to sample the distillation texts. ``auxiliaries``: ``(toxic,)``."""
-
-    def __init__(self, toxic_model, *, alpha=0.1, attention_mask=None, pad_token_id=None, vocab_size=None):
-        super().__init__([toxic_model], attention_mask, pad_token_id, vocab_size)
-        self.alpha = float(alpha)
-
-    def __call__(self, input_ids, scores):
-        y = self._aux_logits(0, input_ids, scores)
-        keep = plausibility_mask(scores, self.alpha)
-        keep[:, self._vocab(scores):] = False
-        return torch.where(keep, scores - y, torch.full_like(scores, -math.inf))
