@@ -26,6 +26,7 @@ exactly.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import re
 from dataclasses import dataclass
 
@@ -39,6 +40,27 @@ POS_PREFIX = "The following text is kind, polite, positive, respectful and suppo
 
 _ATTN_NAMES = ("self_attn", "attn", "attention", "self_attention")
 _PROJ_NAMES = ("o_proj", "c_proj", "out_proj", "dense")
+# The KV cache's keyword in a model's forward and in its output: transformers 5.24 renamed ``past_key_values``
+# to ``cache`` (the old name is still accepted, with a deprecation warning, until 5.40).
+_CACHE_NAMES = ("cache", "past_key_values")
+
+
+def _cache_kwarg(module: torch.nn.Module) -> str:
+    """The name under which ``module.forward`` takes the KV cache (``cache`` or ``past_key_values``)."""
+    try:
+        params = inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return next((n for n in _CACHE_NAMES if n in params), "past_key_values")
+
+
+def _find_cache(mapping):
+    """The KV cache in a forward's keyword arguments or a model output, under either name; None if absent."""
+    for n in _CACHE_NAMES:
+        c = mapping.get(n)
+        if c is not None:
+            return c
+    return None
 
 
 @dataclass
@@ -179,6 +201,7 @@ class ToxificationReversal:
         self._drop = None  # [n, prompt length] bool: the prompt's leading BOS, masked out of the read pass
         self._handles = []
         self._run = None
+        self._cache_kw = _cache_kwarg(model.base_model)
 
     # ------------------------------------------------------------ hooks
     def _site_hook(self, layer: int):
@@ -215,7 +238,7 @@ class ToxificationReversal:
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         if input_ids is None:
             raise ValueError("toxification reversal needs input_ids (inputs_embeds are not supported)")
-        past = kwargs.get("past_key_values")
+        past = _find_cache(kwargs)
         past_len = past.get_seq_length() if past is not None and hasattr(past, "get_seq_length") else 0
         mask = kwargs.get("attention_mask")
         if mask is None:
@@ -223,6 +246,11 @@ class ToxificationReversal:
                               device=input_ids.device)
         if mask.dim() != 2:
             raise ValueError("toxification reversal needs a 2D attention mask (use a dynamic cache)")
+        if mask.shape[1] != past_len + input_ids.shape[1]:  # shapes only: no host synchronisation
+            raise RuntimeError(
+                f"toxification reversal: the forward's attention mask covers {mask.shape[1]} positions, but its KV "
+                f"cache holds {past_len} and it feeds {input_ids.shape[1]} tokens (is the cache passed under a "
+                f"keyword other than {' or '.join(_CACHE_NAMES)}?)")
         self._read(input_ids, mask, prefill=past_len == 0)
         return None
 
@@ -243,18 +271,23 @@ class ToxificationReversal:
         pm = self.prefix_mask.to(dev)[:, None, :].expand(2, n, p).reshape(2 * n, p)
         full = torch.cat([pm, mask.to(dtype=pm.dtype).repeat(2, 1)], dim=1)
         ids = input_ids.repeat(2, 1)
-        if prefill or self._cache is None:
+        if not prefill and self._cache is None:
+            raise RuntimeError("toxification reversal: a decoding step without the read pass's KV cache (active() "
+                               "must be entered before generate, which must start from an empty cache)")
+        if prefill:
             self._cache = None
             pids = self.prefix_ids.to(dev)[:, None, :].expand(2, n, p).reshape(2 * n, p)
             ids = torch.cat([pids, ids], dim=1)
         pos = (full.cumsum(-1) - 1).clamp_min(0)[:, -ids.shape[1]:]
         self._mode = "capture"
         try:
-            out = self.model.base_model(input_ids=ids, attention_mask=full, position_ids=pos,
-                                        past_key_values=self._cache, use_cache=True)
+            out = self.model.base_model(input_ids=ids, attention_mask=full, position_ids=pos, use_cache=True,
+                                        **{self._cache_kw: self._cache})
         finally:
             self._mode = "apply"
-        self._cache = out.past_key_values
+        self._cache = _find_cache(out)
+        if self._cache is None:
+            raise RuntimeError(f"toxification reversal: {type(self.model.base_model).__name__} returned no KV cache")
 
     @torch.no_grad()
     def _compute_e_neg(self):
