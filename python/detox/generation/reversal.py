@@ -226,6 +226,11 @@ class ToxificationReversal:
                               device=input_ids.device)
         if mask.dim() != 2:
             raise ValueError("toxification reversal needs a 2D attention mask (use a dynamic cache)")
+        if mask.shape[1] != past_len + input_ids.shape[1]:  # shapes only: no host synchronisation
+            raise RuntimeError(
+                f"toxification reversal: the forward's attention mask covers {mask.shape[1]} positions, but its KV "
+                f"cache holds {past_len} and it feeds {input_ids.shape[1]} tokens (is the cache passed under a "
+                f"keyword other than cache or past_key_values?)")
         self._read(input_ids, mask, prefill=past_len == 0)
         return None
 
@@ -246,7 +251,10 @@ class ToxificationReversal:
         pm = self.prefix_mask.to(dev)[:, None, :].expand(2, n, p).reshape(2 * n, p)
         full = torch.cat([pm, mask.to(dtype=pm.dtype).repeat(2, 1)], dim=1)
         ids = input_ids.repeat(2, 1)
-        if prefill or self._cache is None:
+        if not prefill and self._cache is None:
+            raise RuntimeError("toxification reversal: a decoding step without the read pass's KV cache (active() "
+                               "must be entered before generate, which must start from an empty cache)")
+        if prefill:
             self._cache = None
             pids = self.prefix_ids.to(dev)[:, None, :].expand(2, n, p).reshape(2 * n, p)
             ids = torch.cat([pids, ids], dim=1)
@@ -258,6 +266,8 @@ class ToxificationReversal:
         finally:
             self._mode = "apply"
         self._cache = model_cache(out)
+        if self._cache is None:
+            raise RuntimeError(f"toxification reversal: {type(self.model.base_model).__name__} returned no KV cache")
 
     @torch.no_grad()
     def _compute_e_neg(self):
