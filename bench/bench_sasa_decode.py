@@ -19,11 +19,12 @@ import platform
 import time
 
 import torch
-from detox.generation.sasa import SASADecoder, sasa_generate_one_at_a_time
+from detox.generation.sasa import SASADecoder
 from detox.models import load_causal_lm
 from detox.sasa import Subspace, resolve_subspace
 
 from .common import HERE, git_commit
+from .sasa_one_at_a_time import sasa_generate_one_at_a_time
 
 FALLBACK_PROMPTS = ["You are such a", "The weather in London today is", "My neighbour's dog", "I can't believe you",
                     "People who live in the city", "The best thing about Mondays is", "He looked at me and said",

@@ -164,9 +164,22 @@ def cmd_run(tmp_path_factory):
     scfg = SynthesisConfig(num_continuations=6, max_new_tokens=8, fill_candidates=3, chunk_size=4, batch_size=4,
                            negative_threshold=0.1)
     model = load_causal_lm(base)
-    with pytest.raises(KeyboardInterrupt):
-        synthesize(PROMPTS, str(root / "synth"), model=model, scorer=scorer, cfg=scfg, progress=False,
-                   stop_after_chunks=1)
+    import detox.cmd.synthesis as S
+
+    real, calls = S._synthesize_chunk, []
+
+    def interrupted(*a, **k):  # Ctrl-C during the second chunk
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*a, **k)
+
+    S._synthesize_chunk = interrupted
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            synthesize(PROMPTS, str(root / "synth"), model=model, scorer=scorer, cfg=scfg, progress=False)
+    finally:
+        S._synthesize_chunk = real
     assert len(open(root / "synth" / "records.jsonl").readlines()) == 4
     summary = synthesize(PROMPTS, str(root / "synth"), model=model, scorer=scorer, cfg=scfg, progress=False)
     # resuming the directory with other prompts or settings is refused, not mixed in

@@ -215,7 +215,8 @@ def test_driver_methods_emit_no_deprecation_warning(tiny_dirs, method):
 def test_sasa_decoder_emits_no_deprecation_warning(tiny_dirs):
     from transformers import AutoModelForCausalLM
 
-    from detox.generation.sasa import SASADecoder, sasa_generate_one_at_a_time
+    from bench.sasa_one_at_a_time import sasa_generate_one_at_a_time
+    from detox.generation.sasa import SASADecoder
 
     model = AutoModelForCausalLM.from_pretrained(tiny_dirs[0]).eval()
     enc = tiny_tokenizer()(TEXTS, return_tensors="pt", padding=True)

@@ -11,7 +11,8 @@ import torch
 from transformers import LogitsProcessorList, TopPLogitsWarper
 from transformers.cache_utils import DynamicCache
 
-from detox.generation.sasa import SASADecoder, sasa_generate_one_at_a_time
+from detox.generation.sasa import SASADecoder
+from bench.sasa_one_at_a_time import sasa_generate_one_at_a_time
 from detox.sasa import Subspace
 from tiny_models import tiny_llama_dir, tiny_tokenizer
 

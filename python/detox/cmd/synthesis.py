@@ -203,7 +203,7 @@ def _check_meta(out_dir: str, prompts: list[str], cfg: SynthesisConfig, model) -
 
 def synthesize(prompts: list[str], out_dir: str, *, model=None, scorer=None, detector: SpanDetector | None = None,
                cfg: SynthesisConfig | None = None, toxic_model=None, progress: bool = True, prompt_source: str = "",
-               stop_after_chunks: int | None = None) -> dict:
+               ) -> dict:
     """Run the synthesis (resumable); returns the summary (also written to ``out_dir``)."""
     from ..generation.driver import Generator, batch_seed
     from ..scorers import default_scorer, load_scorer
@@ -230,7 +230,6 @@ def synthesize(prompts: list[str], out_dir: str, *, model=None, scorer=None, det
     if done and chunks:
         print(f"resuming: {len(done)} of {len(prompts)} prompts already synthesised")
     t0 = time.time()
-    ran = 0
     with JsonlAppender(path) as f:
         for ci, s in tqdm(chunks, desc="cmd-synthesize", unit="chunk", disable=not progress):
             recs = _synthesize_chunk(prompts[s:s + cfg.chunk_size], s, gen, fill_gen, scorer, detector, cfg,
@@ -239,9 +238,6 @@ def synthesize(prompts: list[str], out_dir: str, *, model=None, scorer=None, det
             f.append(recs)
             for r in recs:
                 done[r["index"]] = r
-            ran += 1
-            if stop_after_chunks is not None and ran >= stop_after_chunks:
-                raise KeyboardInterrupt("stopped on request (stop_after_chunks)")
     recs = [done[i] for i in sorted(done) if i < len(prompts)]
     kept = [r for r in recs if r["kept"]]
     with open(os.path.join(out_dir, "train.jsonl.tmp"), "w", encoding="utf-8") as f:
