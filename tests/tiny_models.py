@@ -6,29 +6,12 @@ import os
 
 import torch
 
-WORDS = ("the a an of to and is in it you that he she was for on are with as his they be at one have this from "
-         "or had by hot word but what some we can out other were all there when up use your how said each which "
-         "do their time if will way about many then them write would like so these her long make thing see him "
-         "two has look more day could go come did number sound no most people my over know water than call first "
-         "who may down side been now find idiot stupid hate kill damn ugly dumb shut fool nice kind good happy").split()
+from bench.common import WORDS, word_tokenizer  # the benchmarks' random-weight models use the same tokenizer
 
 
 def tiny_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
-    for w in WORDS:
-        vocab.setdefault(w, len(vocab))
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    from tokenizers import decoders
-
-    tk.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                  unk_token="<unk>")
-    tok.padding_side = "left"
-    return tok
+    """A word-level tokenizer over ``WORDS`` (left padding)."""
+    return word_tokenizer()
 
 
 def tiny_llama_dir(path: str, seed: int, vocab_size: int | None = None) -> str:
