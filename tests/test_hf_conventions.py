@@ -304,11 +304,12 @@ def test_embedded_smollm2_runs_without_deprecation_warnings():
 @pytest.mark.parametrize("method,guided", [("cmd", True), ("cmd", False), ("reversal", True)])
 def test_embedded_smollm2_cmd_and_reversal_without_deprecation_warnings(method, guided):
     """CMD's chain (stop strings, both layouts) and reversal's read pass on the real model, a few tokens."""
-    from detox.generation.driver import Generator, MethodConfig
+    from detox.generation.driver import Generator
     from detox.models import load_causal_lm
 
     pair = load_causal_lm("smollm2-135m-instruct")
-    gen = Generator(method, model=pair, config=MethodConfig(cmd_chain_tokens=4, cmd_guided=guided))
+    settings = {"chain_tokens": 4, "guided": guided} if method == "cmd" else None
+    gen = Generator(method, model=pair, settings=settings)
     with no_deprecations():
         res = gen.generate_batch(["The weather in London today is"], num_samples=2, max_new_tokens=3, seed=0)
     assert len(res) == 1 and len(res[0]) == 2
