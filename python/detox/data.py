@@ -17,6 +17,8 @@ import random
 import sys
 from dataclasses import dataclass, field
 
+from .errors import check_input_file
+
 
 @dataclass
 class Prompt:
@@ -80,8 +82,7 @@ def read_prompts(
     ``limit`` takes a seeded random subset (kept in file order), so that ``--limit 50`` with
     the same seed is the same 50 prompts on every run.
     """
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"prompt file not found: {path}")
+    check_input_file(path, "prompt file")
     fmt = detect_format(path)
     rep = report or ReadReport(path)
     out: list[Prompt] = []

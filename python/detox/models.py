@@ -35,6 +35,7 @@ os.environ.setdefault("USE_HUB_KERNELS", "NO")
 import torch
 
 from . import assets
+from .errors import UserError
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -51,11 +52,11 @@ __all__ = [
 ]
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError, RuntimeError):
     """A model or tokenizer could not be loaded; the message says why and what to do."""
 
 
-class VocabularyMismatchError(ValueError):
+class VocabularyMismatchError(UserError, ValueError):
     """Two tokenizers do not share the same token -> id map."""
 
 
@@ -376,6 +377,28 @@ def _resolve(name_or_path: str | os.PathLike, *, quiet: bool) -> tuple[str, bool
             f"{', '.join(EMBEDDED_MODELS)}; nor a HuggingFace hub id of the form ORG/NAME)"
         )
     return s, False
+
+
+def check_model_spec(name_or_path, what: str = "--model") -> None:
+    """Raise :class:`ModelLoadError` now if ``name_or_path`` cannot name a model (a path that is no model
+    directory or .gguf file, a name that is neither embedded nor a hub id); loads and converts nothing."""
+    if name_or_path is None or isinstance(name_or_path, tuple):
+        return
+    s = str(os.fspath(name_or_path)).strip()
+    if s in EMBEDDED_MODELS:
+        return
+    path = Path(s).expanduser()
+    try:
+        if path.is_file():
+            if path.suffix.lower() != ".gguf" and path.name != "config.json":
+                raise ModelLoadError(f"{path} is a file, not a model directory or a .gguf file")
+        elif path.is_dir():
+            if (path / "config.json").is_file() or not list(path.glob("*.gguf")):
+                _check_model_dir(path)
+        else:
+            _resolve(s, quiet=True)
+    except ModelLoadError as e:
+        raise ModelLoadError(f"{what}: {e}") from None
 
 
 def load_tokenizer(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, quiet: bool = False) -> Any:

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .errors import MissingFileError
+
 EIG_THRESHOLD = 1e-6
 FORMAT_VERSION = 1
 
@@ -375,14 +377,14 @@ def resolve_subspace(path: str | None, model_name: str) -> str:
     (what ``detox fit-sasa`` writes by default); else the one shipped for the embedded model."""
     if path:
         if not os.path.exists(path):
-            raise FileNotFoundError(f"subspace file not found: {path} (make one with `detox fit-sasa`)")
+            raise MissingFileError(f"subspace file not found: {path} (make one with `detox fit-sasa`)")
         return path
     candidates = [default_subspace_path(model_name),
                   os.path.join(PACKAGED, os.path.basename(default_subspace_path(model_name)))]
     for c in candidates:
         if os.path.exists(c):
             return c
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"no SASA subspace for model {model_name!r}: pass --sasa-subspace FILE, or fit one with "
         f"`detox fit-sasa --model {model_name} --data TOXIGEN_DIR` (a folder of ToxiGen hate_*.txt / neutral_*.txt "
         f"files; looked in: {', '.join(candidates)})")

@@ -29,12 +29,15 @@ from typing import Any, ClassVar
 
 import torch
 
+from ..errors import UserError
 
-class SettingsError(ValueError):
+
+class SettingsError(UserError, ValueError):
     """A user error in a method's (or generation's) settings; the message is one line for the user."""
 
 
-_NO_VALUE = object()
+class PromptError(UserError, ValueError):
+    """A prompt that cannot be continued (empty, or too long for the model's context)."""
 
 
 def setting(default, help: str, *, choices=None, min=None, max=None, min_exclusive: bool = False,
@@ -166,11 +169,11 @@ class Models:
         ctx = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
         for i, p in enumerate(prompts):
             if not isinstance(p, str) or not p.strip():
-                raise ValueError(f"prompt {i} is empty: every prompt needs some text to continue")
+                raise PromptError(f"prompt {i} is empty: every prompt needs some text to continue")
             if ctx is not None:
                 n = len(self.tokenizer(p)["input_ids"])
                 if n + new_tokens > ctx:
-                    raise ValueError(f"prompt {i} has {n} tokens; with {new_tokens} new tokens that exceeds the "
+                    raise PromptError(f"prompt {i} has {n} tokens; with {new_tokens} new tokens that exceeds the "
                                      f"model's context of {ctx} tokens: shorten it or lower --max-new-tokens")
 
 

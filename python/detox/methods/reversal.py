@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..generation.reversal import NEG_PREFIX, POS_PREFIX
-from .base import Method, Sampling, Settings, setting
+from .base import Method, Sampling, Settings, SettingsError, setting
 
 
 @dataclass
@@ -35,9 +35,14 @@ class Reversal(Method):
 
         super().setup(**extra_models)
         s, m = self.settings, self.models
-        self.reversal = ToxificationReversal(m.model, m.tokenizer, layers=s.layers, norm_exp=s.norm_exp,
-                                             sim_exp=s.sim_exp, renorm=s.renorm, neg_prefix=s.neg_prefix,
-                                             pos_prefix=s.pos_prefix)
+        try:
+            self.reversal = ToxificationReversal(m.model, m.tokenizer, layers=s.layers, norm_exp=s.norm_exp,
+                                                 sim_exp=s.sim_exp, renorm=s.renorm, neg_prefix=s.neg_prefix,
+                                                 pos_prefix=s.pos_prefix)
+        except ValueError as e:  # a layer selection or prefix that does not fit this model
+            if "layer" in str(e) or "prefix" in str(e):
+                raise SettingsError(str(e)) from e
+            raise
 
     def decode(self, input_ids, attention_mask, s: Sampling):
         with self.reversal.active():

@@ -7,6 +7,9 @@ import json
 import os
 import sys
 
+from ..cli_types import nonnegative_int, positive_float, positive_int, probability, unit_interval
+from ..errors import OutputLock, UserError, check_input_file, check_output_file
+
 
 def _floats(s: str) -> list[float]:
     try:
@@ -22,9 +25,20 @@ def cmd_rewrite(args) -> int:
     from .pipeline import RewriteConfig
     from .runner import run_rewrite, work_dir_for
 
-    if not os.path.exists(args.input):
-        print(f"error: input not found: {args.input}", file=sys.stderr)
-        return 2
+    from ..models import check_model_spec
+    from ..scorers import check_scorer_spec
+
+    check_input_file(args.input, "input", text=not args.input.lower().endswith(".parquet") and args.format != "parquet")
+    check_output_file(args.out, overwrite=True, inputs=[args.input])  # resumed when it exists
+    check_scorer_spec(args.scorer)
+    check_model_spec(args.model)
+    check_model_spec(args.toxic_model, "--toxic-model")
+    from .corpus import Malformed, iter_records
+
+    bad = Malformed()
+    if next(iter(iter_records(args.input, args.format, args.text_field, bad, args.max_chars)), None) is None:
+        raise UserError(f"no texts to rewrite in {args.input} ({len(bad.lines)} malformed lines; the text field is "
+                        f"--text-field {args.text_field})")
     from ..methods._cli import method_settings_from_args, options_for_other_methods
 
     ignored = options_for_other_methods(args, [args.mode])
@@ -48,9 +62,10 @@ def cmd_rewrite(args) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    s = run_rewrite(args.input, args.out, cfg, fmt=args.format, text_field=args.text_field, limit=args.limit,
-                    engine=args.engine, workers=args.workers, window=args.window, overwrite=args.overwrite,
-                    max_chars=args.max_chars, ray_address=args.ray_address)
+    with OutputLock(args.out):
+        s = run_rewrite(args.input, args.out, cfg, fmt=args.format, text_field=args.text_field, limit=args.limit,
+                        engine=args.engine, workers=args.workers, window=args.window, overwrite=args.overwrite,
+                        max_chars=args.max_chars, ray_address=args.ray_address)
     work = work_dir_for(args.out)
 
     def f(x):
@@ -67,9 +82,12 @@ def cmd_finetune(args) -> int:
     from ..models import load_causal_lm
     from ..training import TrainConfig, train_causal_lm
 
-    if not os.path.exists(args.data):
-        print(f"error: training data not found: {args.data}", file=sys.stderr)
-        return 2
+    from ..models import check_model_spec
+
+    check_input_file(args.data, "--data", text=not args.data.lower().endswith(".parquet"))
+    check_model_spec(args.model)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UserError(f"--out {args.out} is a file: give a directory for the model")
     from .corpus import Malformed, detect_format, iter_records
 
     if detect_format(args.data) == "parquet" or args.data.lower().endswith(".ndjson"):
@@ -81,8 +99,7 @@ def cmd_finetune(args) -> int:
     else:
         texts = [p.text for p in read_prompts(args.data, field=args.text_field)]
     if not texts:
-        print(f"error: no texts in {args.data}", file=sys.stderr)
-        return 2
+        raise UserError(f"no texts in {args.data}")
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, max_length=args.max_length, lr=args.lr,
                       lora=args.lora, lora_r=args.lora_r, lora_alpha=args.lora_alpha, save_every=args.save_every,
                       seed=args.seed)
@@ -119,20 +136,20 @@ def add_commands(sub) -> None:
     r.add_argument("--template", default="fewshot",
                    help=f"prompt template: {', '.join(TEMPLATES)} (the paper's chat prompt) or a JSON file")
     r.add_argument("--temperatures", type=_floats, default=[0.6, 0.8, 1.0, 1.2, 1.5], help="sampling temperatures")
-    r.add_argument("--samples-per-temperature", type=int, default=2, help="candidates per temperature")
-    r.add_argument("--top-p", type=float, default=1.0, help="nucleus top-p (the official code forces 1.0)")
-    r.add_argument("--max-new-tokens", type=int, default=48, help="tokens per candidate")
-    r.add_argument("--max-input-tokens", type=int, default=512, help="longer prompts are skipped and reported")
-    r.add_argument("--max-chars", type=int, default=20000, help="longer texts are reported as malformed and skipped")
-    r.add_argument("--lambda", dest="lam", type=float, default=0.5, help="fusion weight of (1 - toxicity)")
+    r.add_argument("--samples-per-temperature", type=positive_int, default=2, help="candidates per temperature (>= 1)")
+    r.add_argument("--top-p", type=unit_interval, default=1.0, help="nucleus top-p (the official code forces 1.0) (in (0, 1])")
+    r.add_argument("--max-new-tokens", type=positive_int, default=48, help="tokens per candidate (>= 1)")
+    r.add_argument("--max-input-tokens", type=positive_int, default=512, help="longer prompts are skipped and reported (>= 1)")
+    r.add_argument("--max-chars", type=positive_int, default=20000, help="longer texts are reported as malformed and skipped (>= 1)")
+    r.add_argument("--lambda", dest="lam", type=probability, default=0.5, help="fusion weight of (1 - toxicity) (in [0, 1])")
     r.add_argument("--scorer", default=None, help="toxicity scorer: jigsaw, profanity, detoxify:CKPT[:CFG], HF dir (default: jigsaw offline)")
     r.add_argument("--embedder", default=None, help="sentence-transformers / HF encoder directory (default: embedded all-MiniLM-L6-v2)")
-    r.add_argument("--batch-size", type=int, default=8, help="texts per generate call (each expanded to all candidates)")
-    r.add_argument("--limit", type=int, default=None, help="only the first N valid texts")
-    r.add_argument("--seed", type=int, default=0, help="seed; each candidate is seeded from (seed, text index, candidate)")
+    r.add_argument("--batch-size", type=positive_int, default=8, help="texts per generate call (each expanded to all candidates) (>= 1)")
+    r.add_argument("--limit", type=positive_int, default=None, help="only the first N valid texts (>= 1)")
+    r.add_argument("--seed", type=nonnegative_int, default=0, help="seed; each candidate is seeded from (seed, text index, candidate) (>= 0)")
     r.add_argument("--engine", default="local", choices=["local", "ray"], help="one process, or Ray Data actors")
-    r.add_argument("--workers", type=int, default=2, help="Ray: actors in the pool")
-    r.add_argument("--window", type=int, default=64, help="Ray: shards submitted per Ray Data job")
+    r.add_argument("--workers", type=positive_int, default=2, help="Ray: actors in the pool (>= 1)")
+    r.add_argument("--window", type=positive_int, default=64, help="Ray: shards submitted per Ray Data job (>= 1)")
     r.add_argument("--ray-address", default=None, help="Ray: an existing cluster (default: start a local one)")
     r.add_argument("--overwrite", action="store_true", help="discard a previous run's work directory")
     from ..methods._cli import add_method_options
@@ -148,13 +165,13 @@ def add_commands(sub) -> None:
     f.add_argument("--text-field", default=None, help="JSON field holding the text")
     f.add_argument("--model", default="smollm2-135m-instruct", help="model to fine-tune")
     f.add_argument("--out", required=True, help="output model directory")
-    f.add_argument("--steps", type=int, default=100, help="optimizer steps")
-    f.add_argument("--batch-size", type=int, default=8, help="texts per step")
-    f.add_argument("--max-length", type=int, default=64, help="tokens per text")
-    f.add_argument("--lr", type=float, default=2e-5, help="learning rate (paper: 2e-5)")
+    f.add_argument("--steps", type=positive_int, default=100, help="optimizer steps (>= 1)")
+    f.add_argument("--batch-size", type=positive_int, default=8, help="texts per step (>= 1)")
+    f.add_argument("--max-length", type=positive_int, default=64, help="tokens per text (>= 1)")
+    f.add_argument("--lr", type=positive_float, default=2e-5, help="learning rate (paper: 2e-5) (> 0)")
     f.add_argument("--lora", action="store_true", help="LoRA adapter (merged at the end) instead of all weights")
-    f.add_argument("--lora-r", type=int, default=8, help="LoRA rank")
-    f.add_argument("--lora-alpha", type=int, default=16, help="LoRA alpha")
-    f.add_argument("--save-every", type=int, default=25, help="checkpoint every N steps")
-    f.add_argument("--seed", type=int, default=0, help="seed")
+    f.add_argument("--lora-r", type=positive_int, default=8, help="LoRA rank (>= 1)")
+    f.add_argument("--lora-alpha", type=positive_int, default=16, help="LoRA alpha (>= 1)")
+    f.add_argument("--save-every", type=positive_int, default=25, help="checkpoint every N steps (>= 1)")
+    f.add_argument("--seed", type=nonnegative_int, default=0, help="seed (>= 0)")
     f.set_defaults(func=cmd_finetune)

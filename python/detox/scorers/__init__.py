@@ -136,6 +136,26 @@ def load_scorer(spec: str | os.PathLike | Scorer | None = None, **kwargs: Any) -
             return HFClassifierScorer(path, **kwargs)
         if path.suffix in (".ckpt", ".pt", ".pth"):
             return DetoxifyScorer(path, os.environ.get("DETOX_DETOXIFY_CONFIG") or None, **kwargs)
+    check_scorer_spec(s)  # raises: says what is wrong with s
+    raise AssertionError(s)
+
+
+def check_scorer_spec(spec) -> None:
+    """Raise :class:`ScorerError` if ``spec`` names no scorer that :func:`load_scorer` could load;
+    loads nothing (the CLI checks ``--scorer`` before any model is loaded)."""
+    if spec is None or isinstance(spec, Scorer):
+        return
+    s = str(os.fspath(spec)).strip()
+    if s in ("", "default") or _ALIASES.get(s.lower(), s.lower()) in _FACTORIES or s.lower().startswith("detoxify:"):
+        return
+    if s.lower().startswith("hf:"):
+        if not Path(s[3:]).expanduser().is_dir():
+            raise ScorerError(f"no such classifier directory: {s[3:]!r}")
+        return
+    path = Path(s).expanduser()
+    if path.exists():
+        if path.is_dir() or path.suffix in (".ckpt", ".pt", ".pth"):
+            return
         raise ScorerError(f"{s!r} is a file: pass a classifier directory, or 'detoxify:{s}' for a Detoxify checkpoint")
     looks_like_path = any(c in s for c in "/\\~.") or s.startswith(".")
     if looks_like_path:

@@ -8,10 +8,12 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from ..errors import UserError
+
 __all__ = ["Scorer", "ScorerError", "throughput"]
 
 
-class ScorerError(RuntimeError):
+class ScorerError(UserError, RuntimeError):
     """A scorer could not be loaded or used; the message says why and what to do."""
 
 
