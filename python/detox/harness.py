@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from . import metrics as M
 from . import methods as registry
 from .generation.driver import Generator, batch_seed
-from .resumable import JsonlAppender, read_records
+from .resumable import JsonlAppender, read_records, write_atomic, write_json_atomic
 
 
 @dataclass
@@ -210,8 +210,7 @@ def run_eval(cfg: EvalConfig, out_dir: str, progress: bool = True, scorer=None, 
         results["methods"][method] = {"summary": summary, "runs": runs, "settings": gen.settings()}
     results["per_prompt_max_toxicity"] = per_prompt_max
     results["seconds"] = time.time() - t_start
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    write_json_atomic(os.path.join(out_dir, "results.json"), results)
     write_report(results, out_dir)
     return results
 
@@ -283,8 +282,7 @@ def write_report(results: dict, out_dir: str) -> None:
     for p in plots:
         lines.append(f"![{p}]({p})")
     lines.append(f"\nVersions: {results['versions']}. Wall time: {results['seconds']:.0f} s.")
-    with open(os.path.join(out_dir, "report.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    write_atomic(os.path.join(out_dir, "report.md"), "\n".join(lines) + "\n")
 
 
 def _plots(results: dict, out_dir: str) -> list[str]:

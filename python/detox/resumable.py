@@ -159,12 +159,22 @@ def check_settings(path: str | os.PathLike, settings: Mapping[str, Any], keys: I
                            [k for k, _, _ in diffs])
 
 
-def write_settings(path: str | os.PathLike, settings: Mapping[str, Any]) -> None:
-    """Store ``settings`` as JSON at ``path`` atomically (a temporary file, fsync'd, then renamed)."""
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (a temporary file, fsync'd, then renamed): a kill while
+    writing leaves the old file or the new one, never a torn one."""
     path = os.fspath(path)
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(settings, f, indent=1)
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    write_atomic(path, json.dumps(obj, indent=1, ensure_ascii=False))
+
+
+def write_settings(path: str | os.PathLike, settings: Mapping[str, Any]) -> None:
+    """Store ``settings`` as JSON at ``path`` atomically (a temporary file, fsync'd, then renamed)."""
+    write_json_atomic(path, settings)

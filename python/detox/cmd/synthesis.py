@@ -33,7 +33,7 @@ from typing import Protocol
 import torch
 from tqdm.auto import tqdm
 
-from ..resumable import JsonlAppender, check_settings, read_records, write_settings
+from ..resumable import JsonlAppender, check_settings, read_records, write_json_atomic, write_settings
 from . import chain as C
 
 
@@ -255,8 +255,7 @@ def synthesize(prompts: list[str], out_dir: str, *, model=None, scorer=None, det
         "scorer": getattr(scorer, "name", type(scorer).__name__), "model": gen.model_name,
         "detector": type(detector).__name__, "config": asdict(cfg), "seconds_this_run": time.time() - t0,
     }
-    with open(os.path.join(out_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    write_json_atomic(os.path.join(out_dir, "summary.json"), summary)
     return summary
 
 

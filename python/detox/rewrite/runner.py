@@ -27,7 +27,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ..resumable import JsonlAppender, check_settings, read_records, write_settings
+from ..resumable import JsonlAppender, check_settings, read_records, write_atomic, write_json_atomic, write_settings
 from .corpus import Malformed, count_rows, detect_format, iter_records, warn_malformed, write_corpus
 from .pipeline import RewriteConfig
 
@@ -255,8 +255,7 @@ def finish(input_path, out, store, cfg, *, fmt, text_field, limit, bad, timing, 
         lines_read=bad.read, engine=engine, config=asdict(cfg), seconds_this_run=elapsed,
         texts_this_run=written, texts_per_hour_this_run=(written / elapsed * 3600 if elapsed > 0 and written else None),
         time_shares=_shares(timing), timing_seconds=timing, provenance=prov)
-    with open(os.path.join(work, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    write_json_atomic(os.path.join(work, "summary.json"), summary)
     write_report(summary, stats, work)
     return summary
 
@@ -361,5 +360,4 @@ def write_report(summary: dict, stats: Summary, work: str) -> None:
     if plot:
         lines += ["![toxicity and similarity](rewrite.png)", ""]
     lines += [f"Per-text provenance: `{os.path.basename(summary['provenance'])}`.", ""]
-    with open(os.path.join(work, "report.md"), "w") as fh:
-        fh.write("\n".join(lines))
+    write_atomic(os.path.join(work, "report.md"), "\n".join(lines))
