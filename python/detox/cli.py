@@ -9,7 +9,7 @@ import sys
 
 from .cli_types import (Parser, holdout_fraction, nonnegative_float, nonnegative_int, positive_float, positive_int,
                         probability, seed_list, unit_interval)
-from .errors import UserError, check_input_file, check_output_dir, check_output_file, one_line
+from .errors import OutputLock, UserError, check_input_file, check_output_dir, check_output_file, one_line
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_TOXIC = "smollm2-135m-instruct-toxic"
@@ -200,8 +200,6 @@ def _method_list(text: str) -> list[str]:
 def cmd_eval(args) -> int:
     from .harness import run_eval, table
 
-    from .errors import OutputLock
-
     methods = _method_list(args.methods)
     cfg = _eval_config(args, methods, args.prompts, args.limit, args.num_samples, args.seeds)
     with OutputLock(args.out, directory=True):
@@ -217,7 +215,6 @@ def cmd_demo(args) -> int:
     import time
 
     from . import methods as registry
-    from .errors import OutputLock
     from .harness import run_eval, table
     from .toxic import resolve_toxic_model
 
