@@ -10,6 +10,7 @@ import sys
 from .cli_types import (Parser, holdout_fraction, nonnegative_float, nonnegative_int, positive_float, positive_int,
                         probability, seed_list, unit_interval)
 from .errors import OutputLock, UserError, check_input_file, check_output_dir, check_output_file, one_line
+from .resumable import SettingsMismatch
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_TOXIC = "smollm2-135m-instruct-toxic"
@@ -67,6 +68,9 @@ def cmd_generate(args) -> int:
                     top_p=args.top_p, temperature=args.temperature, seed=args.seed, greedy=args.greedy)
     # written under a temporary name and renamed when complete: an interrupted run leaves no half file
     part = f"{args.out}.part" if args.out else None
+    lock = OutputLock(args.out) if args.out else None
+    if lock is not None:
+        lock.__enter__()  # a second `generate --out` on the same file is refused, naming this process
     out = open(part, "w", encoding="utf-8") if args.out else sys.stdout
     written = 0
     done = False
@@ -96,6 +100,7 @@ def cmd_generate(args) -> int:
                 print(f"wrote {written} continuations to {args.out}", file=sys.stderr)
             else:
                 os.unlink(part)
+            lock.__exit__(None, None, None)
     return 0
 
 
@@ -402,6 +407,11 @@ def main(argv=None) -> int:
         if debug:
             raise
         print(f"error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except SettingsMismatch as exc:  # a resume with other data or settings: its message is the error line
+        if debug:
+            raise
+        print(one_line(exc), file=sys.stderr)
         return 2
 
 

@@ -90,16 +90,19 @@ def _read_generation_file(path: str) -> list[dict]:
     return read_records(path)
 
 
-def generation_key(cfg: EvalConfig, method: str, seed: int, prompts: list[str], gen_settings: dict) -> str:
+def generation_key(cfg: EvalConfig, method: str, seed: int, prompts: list[str], gen_settings: dict,
+                   model_content: dict | None = None) -> str:
+    """The generation file's key: every setting that changes the text, and the content of the models
+    (``model_content``: fingerprints, see :func:`detox.models.model_fingerprint`)."""
     return _hash({"prompts": _hash(prompts), "method": method, "seed": seed, "n": cfg.num_samples,
                   "max_new_tokens": cfg.max_new_tokens, "top_p": cfg.top_p, "temperature": cfg.temperature,
-                  "batch_size": cfg.batch_size, "settings": gen_settings})
+                  "batch_size": cfg.batch_size, "settings": gen_settings, "model_content": model_content or {}})
 
 
 def generate_cached(gen: Generator, cfg: EvalConfig, prompts: list[str], seed: int, out_dir: str,
-                    progress=True) -> tuple[str, list[list[str]]]:
+                    progress=True, model_content: dict | None = None) -> tuple[str, list[list[str]]]:
     settings = gen.settings()
-    key = generation_key(cfg, gen.method, seed, prompts, settings)
+    key = generation_key(cfg, gen.method, seed, prompts, settings, model_content)
     path = os.path.join(out_dir, "generations", f"{gen.method}-seed{seed}-{key}.jsonl")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     rows = _read_generation_file(path)
@@ -163,7 +166,7 @@ def run_eval(cfg: EvalConfig, out_dir: str, progress: bool = True, scorer=None, 
     if scorer is None:
         scorer = load_scorer(cfg.scorer) if cfg.scorer else default_scorer()
     base = model or load_causal_lm(cfg.model)
-    toxic = None
+    toxic, toxic_name = None, None
     if registry.needs_toxic(cfg.methods):
         from .toxic import resolve_toxic_model
 
@@ -173,6 +176,11 @@ def run_eval(cfg: EvalConfig, out_dir: str, progress: bool = True, scorer=None, 
         ppl_model, ppl_name = base, cfg.model
     else:
         ppl_model, ppl_name = load_causal_lm(cfg.ppl_model), cfg.ppl_model
+    # what the models hold, not only their names: weights changed in place make new cache entries
+    from .models import model_fingerprint
+
+    content = {"model": model_fingerprint(cfg.model), "toxic": model_fingerprint(toxic_name),
+               "ppl": model_fingerprint(ppl_name)}
 
     results = {"methods": {}, "config": _config_dict(cfg), "prompts": prompt_desc,
                "scorer": getattr(scorer, "name", type(scorer).__name__), "ppl_model": str(ppl_name),
@@ -187,11 +195,14 @@ def run_eval(cfg: EvalConfig, out_dir: str, progress: bool = True, scorer=None, 
                         toxic_name=str(cfg.toxic_model or "smollm2-135m-instruct-toxic"))
         runs = []
         for seed in cfg.seeds:
-            path, conts = generate_cached(gen, cfg, prompts, seed, out_dir, progress=progress)
+            path, conts = generate_cached(gen, cfg, prompts, seed, out_dir, progress=progress,
+                                          model_content={"model": content["model"],
+                                                         **({"toxic": content["toxic"]} if gen.toxic is not None
+                                                            else {})})
             flat = [c for cs in conts for c in cs]
             sc = [float(v) for v in scorer.score(flat)]
             scores = [sc[i * cfg.num_samples:(i + 1) * cfg.num_samples] for i in range(len(prompts))]
-            nll = _ppl_cached(ppl_model, ppl_name, prompts, conts, path, out_dir)
+            nll = _ppl_cached(ppl_model, ppl_name, prompts, conts, path, out_dir, content.get("ppl"))
             ppl = M.perplexity_from_nll(nll, variant=cfg.ppl_variant)
             runs.append({
                 "seed": seed, "generations": os.path.relpath(path, out_dir),
@@ -215,8 +226,8 @@ def run_eval(cfg: EvalConfig, out_dir: str, progress: bool = True, scorer=None, 
     return results
 
 
-def _ppl_cached(model, name, prompts, conts, gen_path, out_dir):
-    key = _hash({"gen": os.path.basename(gen_path), "ppl_model": str(name)})
+def _ppl_cached(model, name, prompts, conts, gen_path, out_dir, content=None):
+    key = _hash({"gen": os.path.basename(gen_path), "ppl_model": str(name), "content": content})
     path = os.path.join(out_dir, "ppl", f"{os.path.basename(gen_path)}-{key}.json")
     if os.path.exists(path):
         with open(path) as f:

@@ -379,6 +379,31 @@ def _resolve(name_or_path: str | os.PathLike, *, quiet: bool) -> tuple[str, bool
     return s, False
 
 
+def model_fingerprint(name_or_path) -> str | None:
+    """A cheap fingerprint of a local model's content: every file's name, size and modification time
+    and a hash of its first and last 64 KiB (weights, config, tokenizer), so that a cache keyed on it
+    notices weights changed in place (fine-tuning more into the same folder). ``None`` for a hub id or
+    a loaded model (only the name identifies those); the embedded name's content is fixed."""
+    if name_or_path is None or isinstance(name_or_path, tuple):
+        return None
+    s = str(os.fspath(name_or_path)).strip()
+    path = Path(s).expanduser()
+    if not path.exists():
+        return f"embedded:{s}" if s in EMBEDDED_MODELS else None
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()
+                                                 and "checkpoints" not in p.relative_to(path).parts)
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(path) if f != path else f.name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(1 << 16))
+            if st.st_size > 1 << 17:
+                fh.seek(-(1 << 16), os.SEEK_END)
+                h.update(fh.read(1 << 16))
+    return h.hexdigest()[:16]
+
+
 def check_model_spec(name_or_path, what: str = "--model") -> None:
     """Raise :class:`ModelLoadError` now if ``name_or_path`` cannot name a model (a path that is no model
     directory or .gguf file, a name that is neither embedded nor a hub id); loads and converts nothing."""

@@ -15,6 +15,7 @@ Layout of ``out_dir``:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -24,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from tqdm.auto import tqdm
+
+from .resumable import check_settings, write_settings
 
 
 @dataclass
@@ -126,6 +129,18 @@ def train_causal_lm(model, tokenizer, texts: list[str], out_dir: str, cfg: Train
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
     start, losses = 0, []
     ck = _latest_checkpoint(out_dir)
+    # what the run is: resuming it with other data or settings would mix two trainings in one model
+    identity = {"config": {k: v for k, v in asdict(cfg).items() if k != "save_every"},
+                "texts_sha256": hashlib.sha256("\0".join(texts).encode()).hexdigest(), "n_texts": len(texts),
+                "data": data_description}
+    ident_path = os.path.join(out_dir, "checkpoints", "run.json")
+    if ck is not None:
+        check_settings(ident_path, identity, keys=["config", "texts_sha256", "n_texts"],
+                       what="a training run with other data or settings",
+                       hint="rerun with the same data and options to resume, or use another --out")
+    else:
+        os.makedirs(os.path.dirname(ident_path), exist_ok=True)
+        write_settings(ident_path, identity)
     if ck is not None:
         state = torch.load(os.path.join(ck, "state.pt"), weights_only=False)
         named = dict(model.named_parameters())
@@ -179,6 +194,7 @@ def train_causal_lm(model, tokenizer, texts: list[str], out_dir: str, cfg: Train
     final.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     with open(os.path.join(out_dir, "training.json"), "w") as f:
-        json.dump({"config": asdict(cfg), "data": data_description, "n_texts": len(texts), "losses": losses,
+        json.dump({"config": asdict(cfg), "data": data_description,
+                   "texts_sha256": identity["texts_sha256"], "n_texts": len(texts), "losses": losses,
                    "seconds_this_run": time.time() - t0}, f, indent=1)
     return out_dir

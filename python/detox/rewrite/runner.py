@@ -27,6 +27,7 @@ from typing import Iterator
 
 import numpy as np
 
+from ..errors import UserError
 from ..resumable import JsonlAppender, check_settings, read_records, write_atomic, write_json_atomic, write_settings
 from .corpus import Malformed, count_rows, detect_format, iter_records, warn_malformed, write_corpus
 from .pipeline import RewriteConfig
@@ -153,11 +154,19 @@ def _fingerprint(path: str, span: int = 1 << 20) -> str:
 
 def _check_meta(work: str, meta: dict, overwrite: bool) -> None:
     path = os.path.join(work, "meta.json")
+    if not overwrite and os.path.exists(path):
+        before = json.load(open(path)).get("limit", None)
+        now = meta["limit"]
+        if now is not None and (before is None or before > now):
+            raise UserError(f"{work} holds a run over {'all' if before is None else before} texts; --limit {now} "
+                            f"would shrink its output to {now}: pass --overwrite to start over, or a --limit >= "
+                            f"{'all' if before is None else before}")
     # max_chars decides which lines are valid records, so it fixes the text numbering too
     if not overwrite and check_settings(
             path, meta, ("key", "input", "input_bytes", "input_sha", "text_field", "format", "max_chars"),
             what="a run with other settings or input",
             hint="rerun with the same options to resume, or pass --overwrite to start over"):
+        write_settings(path, meta)  # the same run; a larger --limit is recorded, so it is never shrunk later
         return
     if overwrite and os.path.isdir(work):
         import shutil
