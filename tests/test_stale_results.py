@@ -63,6 +63,16 @@ def test_rewrite_never_writes_over_its_input(tmp_path, capsys):
     assert "is the input file" in capsys.readouterr().err and corpus.read_bytes() == before
 
 
+def test_rewrite_never_replaces_an_unrelated_file(tmp_path, capsys):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"text": "you are an idiot"}\n')
+    other = tmp_path / "notes.jsonl"
+    other.write_text("my notes\n")
+    assert main(["rewrite", str(corpus), "--out", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "is not the output of an earlier `detox rewrite`" in err and other.read_text() == "my notes\n"
+
+
 def test_rewrite_refuses_a_smaller_limit_than_a_finished_run(tmp_path):
     from detox.rewrite.runner import _check_meta
 
@@ -130,3 +140,14 @@ def test_a_second_generate_on_the_same_out_is_refused(tmp_path, capsys):
     rc = main(["generate", "--method", "none", "--model", model, "--prompt", "the water", "--out", str(out)])
     err = capsys.readouterr().err
     assert rc == 2 and f"being written by process {os.getppid()}" in err and not out.exists()
+
+
+def test_a_second_rewrite_on_the_same_out_is_refused(tmp_path, capsys):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"text": "you are an idiot"}\n')
+    out = tmp_path / "out.jsonl"
+    (tmp_path / "out.jsonl.lock").write_text(json.dumps({"pid": os.getppid(), "host": os.uname().nodename,
+                                                         "since": "now", "command": "detox rewrite"}))
+    assert main(["rewrite", str(corpus), "--out", str(out), "--scorer", "profanity"]) == 2
+    assert f"being written by process {os.getppid()}" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "out.jsonl.hspd").exists()

@@ -29,7 +29,12 @@ def cmd_rewrite(args) -> int:
     from ..scorers import check_scorer_spec
 
     check_input_file(args.input, "input", text=not args.input.lower().endswith(".parquet") and args.format != "parquet")
-    check_output_file(args.out, overwrite=True, inputs=[args.input])  # resumed when it exists
+    check_output_file(args.out, overwrite=True, inputs=[args.input])
+    from .runner import work_dir_for as _work
+
+    if os.path.exists(args.out) and not os.path.isdir(_work(args.out)) and not args.overwrite:
+        raise UserError(f"--out {args.out} exists and is not the output of an earlier `detox rewrite` (no "
+                        f"{_work(args.out)}): pass --overwrite to replace it, or choose another file")
     check_scorer_spec(args.scorer)
     check_model_spec(args.model)
     check_model_spec(args.toxic_model, "--toxic-model")
