@@ -78,8 +78,10 @@ def generate_chain_batch(models: Models, prompts: list[str], s: Sampling, *, cha
 
 def _sampling_kwargs(tok, s: Sampling) -> dict:
     kw = dict(do_sample=s.do_sample, pad_token_id=tok.pad_token_id)
+    if s.min_new_tokens:
+        kw["min_new_tokens"] = s.min_new_tokens
     if s.do_sample:
-        kw.update(top_p=s.top_p, temperature=s.temperature, top_k=0)
+        kw.update(top_p=s.top_p, temperature=s.temperature, top_k=s.top_k)
     return kw
 
 

@@ -67,11 +67,11 @@ class Generator:
 
     @torch.inference_mode()
     def run_batch(self, prompts: list[str], *, num_samples=1, max_new_tokens=20, top_p=0.9, temperature=1.0,
-                  do_sample=True, seed=0) -> GenerationResult:
+                  do_sample=True, seed=0, top_k=0, min_new_tokens=0) -> GenerationResult:
         """One batch: ``result.texts[i][j]`` is sample j of prompt i; ``result.extras`` holds the
         method's extra outputs (CMD's chains)."""
         s = Sampling(num_samples=num_samples, max_new_tokens=max_new_tokens, top_p=top_p, temperature=temperature,
-                     do_sample=do_sample, seed=seed)
+                     do_sample=do_sample, seed=seed, top_k=top_k, min_new_tokens=min_new_tokens)
         return self.impl.generate(prompts, s)
 
     def generate_batch(self, prompts: list[str], **kw) -> list[list[str]]:

@@ -138,6 +138,18 @@ class Sampling:
     temperature: float = 1.0
     do_sample: bool = True
     seed: int = 0
+    top_k: int = 0              # 0 = no top-k filter (HuggingFace's own default is 50)
+    min_new_tokens: int = 0     # EOS is suppressed until this many new tokens
+
+    def generate_kwargs(self) -> dict:
+        """The sampling part of ``model.generate``'s keyword arguments."""
+        kw = dict(do_sample=self.do_sample, max_new_tokens=self.max_new_tokens,
+                  num_return_sequences=self.num_samples)
+        if self.min_new_tokens:
+            kw["min_new_tokens"] = self.min_new_tokens
+        if self.do_sample:
+            kw.update(top_p=self.top_p, temperature=self.temperature, top_k=self.top_k)
+        return kw
 
 
 @dataclass
@@ -210,11 +222,7 @@ class Method:
 
     def generate_kwargs(self, s: Sampling) -> dict:
         """Keyword arguments of ``model.generate`` for the sampling settings ``s``."""
-        kw = dict(do_sample=s.do_sample, max_new_tokens=s.max_new_tokens, num_return_sequences=s.num_samples,
-                  pad_token_id=self.models.tokenizer.pad_token_id)
-        if s.do_sample:
-            kw.update(top_p=s.top_p, temperature=s.temperature, top_k=0)
-        return kw
+        return dict(s.generate_kwargs(), pad_token_id=self.models.tokenizer.pad_token_id)
 
     def decode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, s: Sampling) -> torch.Tensor:
         """Token ids ``[B * num_samples, L + new]`` for the tokenized batch (default: HF

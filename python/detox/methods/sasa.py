@@ -48,7 +48,7 @@ class SASA(Method):
 
     def decode(self, input_ids, attention_mask, s: Sampling):
         return self.decoder.generate(input_ids, attention_mask, max_new_tokens=s.max_new_tokens,
-                                     do_sample=s.do_sample, top_p=s.top_p, temperature=s.temperature, top_k=0,
+                                     do_sample=s.do_sample, top_p=s.top_p, temperature=s.temperature, top_k=s.top_k,
                                      num_return_sequences=s.num_samples,
                                      pad_token_id=self.models.tokenizer.pad_token_id)
 
