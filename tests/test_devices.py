@@ -295,3 +295,73 @@ def test_generate_with_the_embedded_model_in_bfloat16(tmp_path, capsys):
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["settings"]["dtype"] == "bfloat16"
     assert rows[0]["continuation"].strip()
+
+
+# -- on a GPU (skipped without one) --------------------------------------------------------------------
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+def test_eval_on_cuda_matches_the_cpu_up_to_rounding(tiny, tmp_path, capsys):
+    from detox.metrics import sample_nll
+    from detox.scorers import JigsawScorer
+
+    base, toxic, prompts = tiny
+    res = {}
+    for dev in ("cpu", "cuda"):
+        out = tmp_path / dev
+        rc, _, err = _run(["eval", "--methods", "none,socd", "--model", base, "--toxic-model", toxic, "--prompts",
+                           prompts, "--num-samples", "2", "--max-new-tokens", "4", "--scorer", "jigsaw",
+                           "--device", dev, "--dtype", "float32", "--out", out], capsys)
+        assert rc == 0, err
+        res[dev] = json.loads((out / "results.json").read_text())
+    assert res["cuda"]["device"].startswith("cuda") and res["cuda"]["dtype"] == "float32"
+    assert res["cuda"]["device_name"] == torch.cuda.get_device_name()
+    tok = tiny_tokenizer()
+    m = AutoModelForCausalLM.from_pretrained(base).eval()
+    ps, cs = ["the water is", "you are a", "they"], ["hot and long", "fool", ""]
+    a = sample_nll(m, tok, ps, cs)
+    b = sample_nll(m.to("cuda"), tok, ps, cs, device="cuda")
+    for (x, n), (y, k) in zip(a, b):
+        assert n == k and abs(x - y) < 1e-3 * max(1.0, abs(x))
+    texts = ["you are a stupid idiot", "have a nice day", "the water is hot"]
+    s_cpu, s_gpu = JigsawScorer(device="cpu").score(texts), JigsawScorer(device="cuda").score(texts)
+    assert abs(s_cpu - s_gpu).max() < 1e-4
+
+
+def test_scorers_take_the_device():
+    from detox.scorers import Scorer, load_scorer, register_scorer
+
+    s = load_scorer("jigsaw", device="auto")
+    assert s.device == resolve_device("auto") and next(s.model.parameters()).device == s.device
+
+    class Fixed(Scorer):
+        name = "fixed"
+
+        def _score_labels_batch(self, texts):
+            import numpy as np
+
+            return np.full((len(texts), 1), 0.25)
+
+    register_scorer("fixed-test", lambda: Fixed())  # a factory without a device: it is left out
+    assert list(load_scorer("fixed-test", device="cpu").score(["a", "b"])) == [0.25, 0.25]
+    if not (HAS_CUDA and torch.cuda.device_count() > 7):
+        with pytest.raises(DeviceError, match="scorer device cuda:7"):
+            load_scorer("jigsaw", device="cuda:7")
+
+
+def test_cmd_train_under_bfloat16_mixed_precision(tmp_path):
+    from detox.cmd import chain as C
+    from detox.cmd.trainer import CMDTrainConfig, train_cmd
+    from test_cmd import PROMPTS, _tiny_bpe_model
+
+    base = _tiny_bpe_model(str(tmp_path / "base"))
+    rows = [{"index": i, "prompt": p, "masked": None, "filled": None, "positive": "and the day",
+             "negatives": ["fucking idiot shut up"], "text": C.training_text(p, "and the day", None, None)}
+            for i, p in enumerate(PROMPTS)]
+    cfg = CMDTrainConfig(steps=2, batch_size=3, lr=1e-3, lora=False, anchor_tokens=3, save_steps=2)
+    out = train_cmd(rows, base, str(tmp_path / "t"), cfg, progress=False, device="cpu", dtype=torch.bfloat16)
+    info = json.loads(open(os.path.join(out, "cmd_training.json")).read())
+    losses = [h["loss"] for h in info["log_history"] if "loss" in h]
+    assert len(losses) == 2 and all(0 < x < float("inf") for x in losses)
+    m = AutoModelForCausalLM.from_pretrained(out)
+    assert next(m.parameters()).dtype is torch.float32  # mixed precision: float32 weights
+    with pytest.raises(DeviceError, match="float16"):
+        train_cmd(rows, base, str(tmp_path / "u"), cfg, progress=False, device="cpu", dtype=torch.float16)
