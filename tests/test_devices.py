@@ -203,7 +203,7 @@ def test_loaded_models_on_different_devices_are_refused(tiny):
 def test_eval_in_bfloat16_on_tiny_models(tiny, tmp_path, capsys):
     base, toxic, prompts = tiny
     out = tmp_path / "eval"
-    common = ["eval", "--methods", "none,socd,cd,dexperts", "--model", base, "--toxic-model", toxic, "--prompts",
+    common = ["eval", "--methods", "none,socd,cd,dexperts,unidetox,reversal", "--model", base, "--toxic-model", toxic, "--prompts",
               prompts, "--num-samples", "2", "--max-new-tokens", "4", "--scorer", "jigsaw", "--batch-size", "3",
               "--out", out]
     rc, _, err = _run(common + ["--dtype", "bfloat16"], capsys)
@@ -365,3 +365,16 @@ def test_cmd_train_under_bfloat16_mixed_precision(tmp_path):
     assert next(m.parameters()).dtype is torch.float32  # mixed precision: float32 weights
     with pytest.raises(DeviceError, match="float16"):
         train_cmd(rows, base, str(tmp_path / "u"), cfg, progress=False, device="cpu", dtype=torch.float16)
+
+
+@pytest.mark.parametrize("method", ["none", "socd", "reversal"])
+def test_float16_generates_on_the_cpu(tiny, method):
+    from detox.generation.driver import Generator
+
+    g = Generator(method, model=tiny[0], toxic_model=tiny[1], device="cpu", dtype="float16")
+    assert g.dtype is torch.float16 and next(g.model.parameters()).dtype is torch.float16
+    if g.toxic is not None:
+        assert next(g.toxic.parameters()).dtype is torch.float16
+    texts = g.generate_batch(["the water is", "you are a"], num_samples=2, max_new_tokens=3, seed=0)
+    assert len(texts) == 2 and all(len(t) == 2 and all(x.strip() for x in t) for t in texts)
+    assert g.settings()["dtype"] == "float16"
