@@ -64,8 +64,8 @@ def test_auto_is_cuda_and_bfloat16_with_cuda():
 def test_cuda_without_a_cuda_device_is_a_device_error(spec):
     with pytest.raises(DeviceError) as e:
         resolve_device(spec)
-    assert str(e.value) == f"--device {spec}: no CUDA device is available (torch {torch.__version__} built without CUDA)" \
-        or "no CUDA device is visible" in str(e.value)
+    want = f"--device {spec}: no CUDA device is available (torch {torch.__version__} built without CUDA)"
+    assert str(e.value) == want or "no CUDA device is visible" in str(e.value)
 
 
 def test_cuda_index_out_of_range(monkeypatch):
@@ -203,9 +203,9 @@ def test_loaded_models_on_different_devices_are_refused(tiny):
 def test_eval_in_bfloat16_on_tiny_models(tiny, tmp_path, capsys):
     base, toxic, prompts = tiny
     out = tmp_path / "eval"
-    common = ["eval", "--methods", "none,socd,cd,dexperts,unidetox,reversal", "--model", base, "--toxic-model", toxic, "--prompts",
-              prompts, "--num-samples", "2", "--max-new-tokens", "4", "--scorer", "jigsaw", "--batch-size", "3",
-              "--out", out]
+    common = ["eval", "--methods", "none,socd,cd,dexperts,unidetox,reversal", "--model", base, "--toxic-model", toxic,
+              "--prompts", prompts, "--num-samples", "2", "--max-new-tokens", "4", "--scorer", "jigsaw",
+              "--batch-size", "3", "--out", out]
     rc, _, err = _run(common + ["--dtype", "bfloat16"], capsys)
     assert rc == 0, err
     res = json.loads((out / "results.json").read_text())

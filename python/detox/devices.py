@@ -20,8 +20,8 @@ import torch
 from .errors import UserError
 
 __all__ = ["DEVICE_CHOICES", "DTYPE_CHOICES", "DeviceError", "add_device_options", "check_same_device",
-           "describe", "device_dtype_from_args", "dtype_name", "eval_device", "model_device", "model_dtype", "resolve_device",
-           "resolve_dtype", "resolve_training_dtype"]
+           "describe", "device_dtype_from_args", "dtype_name", "eval_device", "model_device", "model_dtype",
+           "resolve_device", "resolve_dtype", "resolve_training_dtype"]
 
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N"
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")

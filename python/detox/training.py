@@ -172,7 +172,8 @@ def train_causal_lm(model, tokenizer, texts: list[str], out_dir: str, cfg: Train
             labels = enc["input_ids"].clone()
             labels[enc["attention_mask"] == 0] = -100
             dev = next(model.parameters()).device
-            with torch.autocast(dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype not in (None, torch.float32)):
+            amp = amp_dtype not in (None, torch.float32)
+            with torch.autocast(dev.type, dtype=amp_dtype if amp else torch.float32, enabled=amp):
                 out = model(input_ids=enc["input_ids"].to(dev), attention_mask=enc["attention_mask"].to(dev),
                             labels=labels.to(dev))
             out.loss.backward()

@@ -194,7 +194,8 @@ def _check_meta(out_dir: str, prompts: list[str], cfg: SynthesisConfig, model, d
             "config": asdict(cfg), "model": model if isinstance(model, str) else None,
             "dtype": None if dtype in (None, torch.float32) else str(dtype).removeprefix("torch.")}
     path = os.path.join(out_dir, "meta.json")
-    if check_settings(path, meta, ("prompts_sha256", "config", "model", "dtype"), what="a synthesis of other prompts or settings",
+    if check_settings(path, meta, ("prompts_sha256", "config", "model", "dtype"),
+                      what="a synthesis of other prompts or settings",
                       hint="rerun with the same options to resume, or use another --out"):
         return
     if os.path.exists(os.path.join(out_dir, "records.jsonl")):

@@ -244,8 +244,9 @@ def train_cmd(data, model, out_dir: str, cfg: CMDTrainConfig | None = None, *, p
     last checkpoint in ``out_dir``. ``stop_after`` ends the run after that global step (to test
     resuming) and returns None. Returns ``out_dir`` with the final (merged) model.
 
-    ``device``: ``"auto"`` (default: CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; ``dtype``: the Trainer's mixed
-    precision (``torch.bfloat16``: ``bf16=True``; ``None`` or float32: none; the weights stay float32).
+    ``device``: ``"auto"`` (default: CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``;
+    ``dtype``: the Trainer's mixed precision (``torch.bfloat16``: ``bf16=True``; ``None`` or float32:
+    none; the weights stay float32).
     Under ``torchrun``/``accelerate`` the launcher places the processes."""
     from ..devices import resolve_device, resolve_training_dtype
     from ..models import load_causal_lm
