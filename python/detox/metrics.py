@@ -83,12 +83,17 @@ def sample_nll(model, tokenizer, prompts: list[str], continuations: list[str], *
     """(sum of token NLL, number of tokens) of each continuation given its prompt.
 
     The prompt and continuation are tokenised separately and concatenated, so the scored tokens
-    are exactly the continuation's; the prompt's tokens are masked out of the loss.
+    are exactly the continuation's; the prompt's tokens are masked out of the loss. When the PPL
+    model's tokenizer puts a BOS token before a text (Llama, Gemma, Mistral), the prompt is
+    ``BOS + prompt``, as the model was trained and as the papers' perplexity code tokenises it; an
+    empty prompt is then just BOS (else BOS, or EOS where there is no BOS, stands in for it).
     """
     if len(prompts) != len(continuations):
         raise ValueError("prompts and continuations must have the same length")
     out = []
     bos = [tokenizer.bos_token_id] if getattr(tokenizer, "bos_token_id", None) is not None else []
+    probe = tokenizer("a")["input_ids"] if bos else []
+    adds_bos = bool(bos) and bool(probe) and probe[0] == bos[0]
     for start in range(0, len(prompts), batch_size):
         ps = prompts[start:start + batch_size]
         cs = continuations[start:start + batch_size]
@@ -96,7 +101,9 @@ def sample_nll(model, tokenizer, prompts: list[str], continuations: list[str], *
         for p, c in zip(ps, cs):
             pi = tokenizer(p, add_special_tokens=False)["input_ids"]
             ci = tokenizer(c, add_special_tokens=False)["input_ids"] if c else []
-            pi = (bos + pi) if (bos and not pi) else pi or bos or [tokenizer.eos_token_id]
+            if adds_bos and (not pi or pi[0] != bos[0]):
+                pi = bos + pi
+            pi = pi or bos or [tokenizer.eos_token_id]
             seqs.append(pi + ci)
             n_prompt.append(len(pi))
         width = max(len(s) for s in seqs)
