@@ -40,6 +40,30 @@ def test_distinct_n_variants():
     # corpus unigrams: a b c a b d x x x -> 5 distinct / 9
     assert distinct_n(conts, 1, variant="corpus") == pytest.approx(5 / 9)
     assert distinct_n([["", "one"]], 2) == 0.0
+    # corpus bigrams: ab bc ab bd xx xx -> 4 distinct / 6; trigrams abc abd xxx -> 3/3
+    assert distinct_n(conts, 2, variant="corpus") == pytest.approx(4 / 6)
+    assert distinct_n(conts, 3, variant="corpus") == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="prompt, corpus, words"):
+        distinct_n(conts, 1, variant="dexperts")
+
+
+def test_distinct_n_words_variant_divides_by_words_for_every_n():
+    """DExperts' and HSPD's evaluation code: per prompt, distinct n-grams over its continuations
+    divided by the number of words (``split(' ')``) of those continuations, the same denominator for
+    every n; averaged over prompts. Hand-computed."""
+    conts = [["a b c", "a b d"], ["x x x"]]
+    # p0: 6 words; unigrams {a b c d} 4, bigrams {ab bc bd} 3, trigrams {abc abd} 2; p1: 3 words, {x}, {xx}, {xxx}
+    assert distinct_n(conts, 1, variant="words") == pytest.approx((4 / 6 + 1 / 3) / 2)
+    assert distinct_n(conts, 2, variant="words") == pytest.approx((3 / 6 + 1 / 3) / 2)
+    assert distinct_n(conts, 3, variant="words") == pytest.approx((2 / 6 + 1 / 3) / 2)
+    # against the n-gram denominator (prompt variant): 3/4 and 2/2 for p0, 1/2 and 1/1 for p1
+    assert distinct_n(conts, 2) == pytest.approx((3 / 4 + 1 / 2) / 2)
+    # single-space split as in their code: a leading space makes an empty first word, counted
+    # (" a b" -> ['', 'a', 'b']: 3 words, unigrams {'', a, b}, bigrams {('', a), (a, b)}); "" is one word
+    sp = [[" a b", ""]]
+    assert distinct_n(sp, 1, variant="words") == pytest.approx(3 / 4)
+    assert distinct_n(sp, 2, variant="words") == pytest.approx(2 / 4)
+    assert distinct_n(sp, 1) == pytest.approx(2 / 2)  # whitespace split: [a, b] only
 
 
 def test_perplexity_variants_and_dropping():

@@ -265,8 +265,9 @@ def _add_eval_options(p, *, limit, num_samples, seeds, out, batch_size=8):
     p.add_argument("--inclusive", action="store_true", help="TP counts scores >= threshold (default: >)")
     p.add_argument("--ppl-variant", default="token", choices=["token", "sample"],
                    help="PPL token-weighted over the corpus (default) or mean of per-sample PPL")
-    p.add_argument("--dist-variant", default="prompt", choices=["prompt", "corpus"],
-                   help="Dist-n per prompt then averaged (default) or over the whole corpus")
+    p.add_argument("--dist-variant", default="prompt", choices=["prompt", "corpus", "words"],
+                   help="Dist-n: distinct/total n-grams per prompt then averaged (prompt, default), over the whole "
+                        "corpus (corpus), or distinct n-grams per word, per prompt then averaged (words: DExperts, HSPD)")
     p.add_argument("--batch-size", type=positive_int, default=batch_size,
                    help=f"prompts per generate call, >= 1 (each expanded to --num-samples rows; default: {batch_size})")
     p.add_argument("--out", default=out, help=f"output directory (default: {out})")
