@@ -301,7 +301,8 @@ def test_cli_generate_reversal(tmp_path, capsys):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 2 and all(r["method"] == "reversal" for r in rows)
     s = rows[0]["settings"]["method_settings"]
-    assert s == {"layers": [1], "norm_exp": 0.5, "sim_exp": 0.6, "renorm": False, "neg_prefix": NEG, "pos_prefix": ""}
+    assert s == {"layers": [1], "norm_exp": 0.5, "sim_exp": 0.6, "renorm": False, "neg_prefix": NEG, "pos_prefix": "",
+                 "read_layout": "prefix+prompt"}
     capsys.readouterr()
     assert main(argv[:-2] + ["--reversal-layers", "9", "--out", str(tmp_path / "other.jsonl")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the model's loading bar

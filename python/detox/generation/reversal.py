@@ -336,4 +336,7 @@ class ToxificationReversal:
     def settings(self) -> dict:
         return {"layers": self.layers if len(self.layers) != len(self.sites) else "all", "norm_exp": self.norm_exp,
                 "sim_exp": self.sim_exp, "renorm": self.renorm, "neg_prefix": self.neg_prefix,
-                "pos_prefix": self.pos_prefix}
+                "pos_prefix": self.pos_prefix,
+                # the read pass's layout: tokenizer(prefix + prompt), e_neg at the prefix's ':' (the authors');
+                # part of the generation-cache key, so results of the earlier layout are not reused
+                "read_layout": "prefix+prompt"}
