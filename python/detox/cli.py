@@ -64,11 +64,14 @@ def cmd_generate(args) -> int:
         prompts = [p.text for p in read_prompts(args.prompts, limit=args.limit, seed=args.seed)]
     if not prompts:
         raise UserError(f"no prompts in {args.prompts}")
+    if args.min_new_tokens > args.max_new_tokens:
+        raise UserError(f"--min-new-tokens ({args.min_new_tokens}) must be <= --max-new-tokens ({args.max_new_tokens})")
     gen = Generator(args.method, model=args.model, toxic_model=args.toxic_model, settings=settings, device=device,
                     dtype=dtype)
     gen.validate(prompts, args.max_new_tokens)
     settings = dict(gen.settings(), num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
-                    top_p=args.top_p, temperature=args.temperature, seed=args.seed, greedy=args.greedy)
+                    top_p=args.top_p, temperature=args.temperature, seed=args.seed, greedy=args.greedy,
+                    top_k=args.top_k, min_new_tokens=args.min_new_tokens)
     # written under a temporary name and renamed when complete: an interrupted run leaves no half file
     part = f"{args.out}.part" if args.out else None
     lock = OutputLock(args.out) if args.out else None
@@ -85,7 +88,7 @@ def cmd_generate(args) -> int:
             chunk = prompts[start:start + bs]
             res = gen.run_batch(chunk, num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
                                 top_p=args.top_p, temperature=args.temperature, do_sample=not args.greedy,
-                                seed=batch_seed(args.seed, bi))
+                                top_k=args.top_k, min_new_tokens=args.min_new_tokens, seed=batch_seed(args.seed, bi))
             for i, (p, conts) in enumerate(zip(chunk, res.texts)):
                 for j, c in enumerate(conts):
                     extras = {_singular(k): v[i][j] for k, v in res.extras.items()}  # CMD: "chain"
@@ -273,8 +276,9 @@ def _add_eval_options(p, *, limit, num_samples, seeds, out, batch_size=8):
     p.add_argument("--inclusive", action="store_true", help="TP counts scores >= threshold (default: >)")
     p.add_argument("--ppl-variant", default="token", choices=["token", "sample"],
                    help="PPL token-weighted over the corpus (default) or mean of per-sample PPL")
-    p.add_argument("--dist-variant", default="prompt", choices=["prompt", "corpus"],
-                   help="Dist-n per prompt then averaged (default) or over the whole corpus")
+    p.add_argument("--dist-variant", default="prompt", choices=["prompt", "corpus", "words"],
+                   help="Dist-n: distinct/total n-grams per prompt then averaged (prompt, default), over the whole "
+                        "corpus (corpus), or distinct n-grams per word, per prompt then averaged (words: DExperts, HSPD)")
     p.add_argument("--batch-size", type=positive_int, default=batch_size,
                    help=f"prompts per generate call, >= 1 (each expanded to --num-samples rows; default: {batch_size})")
     p.add_argument("--out", default=out, help=f"output directory (default: {out})")
@@ -313,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=unit_interval, default=0.9, help="nucleus sampling top-p, in (0, 1]; 1 = no truncation (default: 0.9)")
     g.add_argument("--temperature", type=positive_float, default=1.0, help="sampling temperature, > 0 (default: 1.0; --greedy for greedy decoding)")
     g.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    g.add_argument("--top-k", type=nonnegative_int, default=0,
+                   help="sample among the k likeliest tokens only, before top-p, >= 0 (default: 0 = off; "
+                        "HuggingFace's own default, which most papers' code used, is 50)")
+    g.add_argument("--min-new-tokens", type=nonnegative_int, default=0,
+                   help="suppress EOS until this many tokens are new, >= 0, <= --max-new-tokens (default: 0; "
+                        "Toxification Reversal's protocol: 5)")
     g.add_argument("--seed", type=nonnegative_int, default=0, help="random seed, >= 0 (default: 0)")
     g.add_argument("--batch-size", type=positive_int, default=8, help="prompts per generate call, >= 1 (default: 8)")
     g.add_argument("--out", default=None, help="output JSONL file (default: standard output); an existing file is kept "

@@ -87,7 +87,9 @@ def cmd_train(args) -> int:
 
     device, dtype = device_dtype_from_args(args, training=True)
     cfg = CMDTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, lora=not args.full,
-                         lora_r=args.lora_r, lora_alpha=args.lora_alpha, contrastive_weight=args.contrastive_weight,
+                         lora_r=args.lora_r, lora_alpha=args.lora_alpha,
+                         lora_target_modules=tuple(t.strip() for t in (args.lora_targets or "").split(",") if t.strip()) or None,
+                         contrastive_weight=args.contrastive_weight,
                          tau=args.tau, anchor_tokens=args.anchor_tokens, max_length=args.max_length,
                          save_steps=args.save_steps, seed=args.seed)
     out = train_cmd(args.data, args.model, args.out, cfg, device=device, dtype=dtype)
@@ -144,6 +146,10 @@ def add_parsers(sub) -> None:
     t.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
     t.add_argument("--lora-r", type=positive_int, default=8, help="LoRA rank (default: 8) (>= 1)")
     t.add_argument("--lora-alpha", type=positive_int, default=16, help="LoRA alpha (default: 16) (>= 1)")
+    t.add_argument("--lora-targets", default=None, metavar="NAMES",
+                   help="comma-separated module names to put LoRA on (default: from the architecture: c_attn for "
+                        "GPT-2 as in the authors' code, q_proj,k_proj,v_proj,o_proj for the Llama family, peft's "
+                        "default otherwise)")
     t.add_argument("--contrastive-weight", type=nonnegative_float, default=0.5,
                    help="weight of the contrastive loss (default: 0.5; 0 = the ablation without it)")
     t.add_argument("--tau", type=positive_float, default=1.0, help="InfoNCE temperature (default: 1.0) (> 0)")

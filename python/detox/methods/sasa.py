@@ -49,7 +49,7 @@ class SASA(Method):
     def decode(self, input_ids, attention_mask, s: Sampling):
         return self.decoder.generate(input_ids, attention_mask, max_new_tokens=s.max_new_tokens,
                                      do_sample=s.do_sample, top_p=s.top_p, temperature=s.temperature, top_k=s.top_k,
-                                     num_return_sequences=s.num_samples,
+                                     num_return_sequences=s.num_samples, min_new_tokens=s.min_new_tokens,
                                      pad_token_id=self.models.tokenizer.pad_token_id)
 
     def key_settings(self) -> dict:
