@@ -385,6 +385,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .rewrite.cli import add_commands as add_rewrite_commands  # detox rewrite, detox finetune (HSPD)
 
     add_rewrite_commands(sub)
+
+    from .distill import add_command as add_unidetox_command  # detox unidetox (distillation + fine-tuning)
+
+    add_unidetox_command(sub)
     return parser
 
 
