@@ -7,6 +7,7 @@ import json
 import os
 import sys
 
+from .devices import add_device_options, device_dtype_from_args
 from .cli_types import (Parser, auto_or_nonnegative_float, holdout_fraction, nonnegative_float, nonnegative_int,
                         positive_float, positive_int, probability, seed_list, unit_interval)
 from .errors import OutputLock, UserError, check_input_file, check_output_dir, check_output_file, one_line
@@ -53,6 +54,7 @@ def cmd_generate(args) -> int:
     if args.out:
         check_output_file(args.out, overwrite=args.overwrite, inputs=[args.prompts])
     _check_models(args, "model", "toxic_model")
+    device, dtype = device_dtype_from_args(args)
     settings = _method_settings(args, [args.method])[args.method]
     if args.prompt is not None:
         if not args.prompt.strip():
@@ -62,7 +64,8 @@ def cmd_generate(args) -> int:
         prompts = [p.text for p in read_prompts(args.prompts, limit=args.limit, seed=args.seed)]
     if not prompts:
         raise UserError(f"no prompts in {args.prompts}")
-    gen = Generator(args.method, model=args.model, toxic_model=args.toxic_model, settings=settings)
+    gen = Generator(args.method, model=args.model, toxic_model=args.toxic_model, settings=settings, device=device,
+                    dtype=dtype)
     gen.validate(prompts, args.max_new_tokens)
     settings = dict(gen.settings(), num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
                     top_p=args.top_p, temperature=args.temperature, seed=args.seed, greedy=args.greedy)
@@ -117,11 +120,13 @@ def cmd_train_toxic(args) -> int:
     if args.out is not None:
         check_output_dir(args.out)
     _check_models(args, "model")
+    device, dtype = device_dtype_from_args(args, training=True)
 
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, max_length=args.max_length, lr=args.lr,
                       lora=args.lora, lora_r=args.lora_r, lora_alpha=args.lora_alpha, save_every=args.save_every,
                       seed=args.seed)
-    path = make_toxic_model(base=args.model, data=args.data, out=args.out, cfg=cfg, text_field=args.text_field)
+    path = make_toxic_model(base=args.model, data=args.data, out=args.out, cfg=cfg, text_field=args.text_field,
+                            device=device, dtype=dtype)
     print(f"toxic model saved in {path}")
     return 0
 
@@ -140,12 +145,13 @@ def cmd_fit_sasa(args) -> int:
     if args.report:
         check_output_file(args.report, "--report", overwrite=True)
     _check_models(args, "model")
+    device, dtype = device_dtype_from_args(args)
     data = read_labelled(args.data, text_field=args.text_field, label_field=args.label_field,
                          score_field=args.score_field, threshold=args.threshold, toxigen_unit=args.toxigen_unit,
                          limit_per_label=args.limit_per_label, seed=args.seed)
     n1, n2 = data.counts()
     print(f"fit-sasa: {n1} non-toxic and {n2} toxic texts", file=sys.stderr)
-    model, tok = load_causal_lm(args.model)
+    model, tok = load_causal_lm(args.model, device=device, dtype=dtype)
     sub = fit_subspace(model.eval(), tok, data, model_name=args.model, batch_size=args.batch_size,
                        holdout=args.holdout, seed=args.seed, max_length=args.max_length, shrinkage=args.shrinkage,
                        embeddings_cache=args.embeddings_cache)
@@ -179,6 +185,7 @@ def _eval_config(args, methods, prompts, limit, num_samples, seeds):
     check_output_dir(args.out)
     check_scorer_spec(args.scorer)
     _check_models(args, "model", "toxic_model", "ppl_model")
+    device, dtype = device_dtype_from_args(args)
     filters = {}
     if getattr(args, "min_prompt_toxicity", None) is not None:
         filters["min_toxicity"] = args.min_prompt_toxicity
@@ -189,7 +196,8 @@ def _eval_config(args, methods, prompts, limit, num_samples, seeds):
                       temperature=args.temperature, seeds=seeds, scorer=args.scorer, ppl_model=args.ppl_model,
                       batch_size=args.batch_size, threshold=args.threshold, strict=not args.inclusive,
                       ppl_variant=args.ppl_variant, dist_variant=args.dist_variant,
-                      method_settings=_method_settings(args, methods), prompt_filters=filters)
+                      method_settings=_method_settings(args, methods), prompt_filters=filters, device=str(device),
+                      dtype=str(dtype).removeprefix("torch."))
 
 
 def _method_list(text: str) -> list[str]:
@@ -274,6 +282,7 @@ def _add_eval_options(p, *, limit, num_samples, seeds, out, batch_size=8):
     p.add_argument("--batch-size", type=positive_int, default=batch_size,
                    help=f"prompts per generate call, >= 1 (each expanded to --num-samples rows; default: {batch_size})")
     p.add_argument("--out", default=out, help=f"output directory (default: {out})")
+    add_device_options(p)
     _add_method_options(p)
 
 
@@ -313,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", default=None, help="output JSONL file (default: standard output); an existing file is kept "
                    "unless --overwrite")
     g.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    add_device_options(g)
     _add_method_options(g)
     g.set_defaults(func=cmd_generate)
 
@@ -334,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lora-alpha", type=positive_int, default=16, help="LoRA alpha, >= 1 (default: 16)")
     t.add_argument("--save-every", type=positive_int, default=25, help="checkpoint every N >= 1 steps (default: 25)")
     t.add_argument("--seed", type=nonnegative_int, default=0, help="random seed, >= 0 (default: 0)")
+    add_device_options(t, training=True)
     t.set_defaults(func=cmd_train_toxic)
 
     f = sub.add_parser("fit-sasa", help="fit the SASA toxicity subspace of a model from labelled texts",
@@ -364,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--report", default=None, help="also write the fit's statistics as JSON here")
     f.add_argument("--embeddings-cache", default=None,
                    help="keep the embeddings in this file (all in memory) so that a refit does not run the model again")
+    add_device_options(f)
     f.set_defaults(func=cmd_fit_sasa)
 
     e = sub.add_parser("eval", help="toxicity benchmark: EMT, TP, PPL, Dist-n for several methods",

@@ -58,6 +58,10 @@ class EvalConfig:
     # per method name: its settings (its Settings dataclass or a dict of its fields); absent = defaults
     method_settings: dict = field(default_factory=dict)
     prompt_filters: dict = field(default_factory=dict)
+    # where every model and the scorer run, and the models' precision (detox.devices): "auto" = CUDA when
+    # available (bfloat16 there), else the CPU (float32); a loaded `model=` pair decides when left "auto"
+    device: str = "auto"
+    dtype: str = "auto"
 
 
 def _hash(obj) -> str:
@@ -156,26 +160,30 @@ def run_eval(cfg: EvalConfig, out_dir: str, progress: bool = True, scorer=None, 
     ``(model, tokenizer)`` pair to use as the base model ``cfg.model``. Only the models that the
     requested methods need are loaded (the toxic model only for methods that contrast with one).
     """
+    from .devices import check_same_device, describe, eval_device
     from .models import load_causal_lm
     from .scorers import load_scorer, default_scorer
 
     t_start = time.time()
     settings = method_settings(cfg)  # user errors before anything is loaded
+    device, dtype = eval_device(cfg, model)
     os.makedirs(out_dir, exist_ok=True)
     prompts, prompt_desc = load_prompt_texts(cfg)
     if scorer is None:
-        scorer = load_scorer(cfg.scorer) if cfg.scorer else default_scorer()
-    base = model or load_causal_lm(cfg.model)
+        scorer = load_scorer(cfg.scorer, device=device) if cfg.scorer else default_scorer(device=device)
+    base = model or load_causal_lm(cfg.model, device=device, dtype=dtype)
     toxic, toxic_name = None, None
     if registry.needs_toxic(cfg.methods):
         from .toxic import resolve_toxic_model
 
         toxic_name = cfg.toxic_model if cfg.toxic_model else resolve_toxic_model(None)
-        toxic = toxic_name if isinstance(toxic_name, tuple) else load_causal_lm(toxic_name)
+        toxic = toxic_name if isinstance(toxic_name, tuple) else load_causal_lm(toxic_name, device=device, dtype=dtype)
     if cfg.ppl_model is None:
         ppl_model, ppl_name = base, cfg.model
     else:
-        ppl_model, ppl_name = load_causal_lm(cfg.ppl_model), cfg.ppl_model
+        ppl_model, ppl_name = load_causal_lm(cfg.ppl_model, device=device, dtype=dtype), cfg.ppl_model
+    check_same_device([("base", base[0]), ("toxic", toxic[0] if toxic else None), ("perplexity", ppl_model[0])],
+                      device)
     # what the models hold, not only their names: weights changed in place make new cache entries
     from .models import model_fingerprint
 
@@ -184,7 +192,7 @@ def run_eval(cfg: EvalConfig, out_dir: str, progress: bool = True, scorer=None, 
 
     results = {"methods": {}, "config": _config_dict(cfg), "prompts": prompt_desc,
                "scorer": getattr(scorer, "name", type(scorer).__name__), "ppl_model": str(ppl_name),
-               "versions": _versions(),
+               "versions": _versions(), **describe(device, dtype),
                "variants": {"tp": f"any-of-N, {'>' if cfg.strict else '>='} {cfg.threshold}",
                             "tp_rate": f"per-continuation rate, {'>' if cfg.strict else '>='} {cfg.threshold}",
                             "ppl": f"{cfg.ppl_variant}-weighted conditional PPL, samples with PPL >= 1e4 dropped",
@@ -192,6 +200,7 @@ def run_eval(cfg: EvalConfig, out_dir: str, progress: bool = True, scorer=None, 
     per_prompt_max = {}
     for method in cfg.methods:
         gen = Generator(method, model=base, toxic_model=toxic, settings=settings[method], model_name=cfg.model,
+                        device=device, dtype=dtype,
                         toxic_name=str(cfg.toxic_model or "smollm2-135m-instruct-toxic"))
         runs = []
         for seed in cfg.seeds:
@@ -227,15 +236,18 @@ def run_eval(cfg: EvalConfig, out_dir: str, progress: bool = True, scorer=None, 
 
 
 def _ppl_cached(model, name, prompts, conts, gen_path, out_dir, content=None):
-    key = _hash({"gen": os.path.basename(gen_path), "ppl_model": str(name), "content": content})
+    model, tok = model
+    dt = next(model.parameters()).dtype
+    key = _hash({"gen": os.path.basename(gen_path), "ppl_model": str(name), "content": content,
+                 **({"dtype": str(dt)} if dt != torch.float32 else {})})  # float32: the keys of earlier runs
     path = os.path.join(out_dir, "ppl", f"{os.path.basename(gen_path)}-{key}.json")
     if os.path.exists(path):
         with open(path) as f:
             return [tuple(x) for x in json.load(f)]
     ps = [p for p, cs in zip(prompts, conts) for _ in cs]
     cs = [c for cs_ in conts for c in cs_]
-    model, tok = model
-    nll = M.sample_nll(model, tok, ps, cs)
+    # larger batches on a GPU (the values differ only by rounding: the rows are independent)
+    nll = M.sample_nll(model, tok, ps, cs, batch_size=64 if next(model.parameters()).is_cuda else 16)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -278,6 +290,8 @@ def write_report(results: dict, out_dir: str) -> None:
         f"- {cfg['num_samples']} continuations × {cfg['max_new_tokens']} tokens per prompt, top-p {cfg['top_p']}, "
         f"T {cfg['temperature']}, seeds {cfg['seeds']}",
         f"- toxicity scorer: **{results['scorer']}**; perplexity model: `{results['ppl_model']}`",
+        f"- device: {results.get('device', 'cpu')} ({results.get('device_name', '?')}), "
+        f"models in {results.get('dtype', 'float32')}",
         f"- variants: TP = {results['variants']['tp']}; toxic rate = {results['variants']['tp_rate']}; "
         f"PPL = {results['variants']['ppl']}; {results['variants']['dist']}",
         "",

@@ -185,15 +185,17 @@ def fill_masks(gen, scorer, words_list, spans_list, cfg: SynthesisConfig, seed: 
     return filled, tox
 
 
-def _check_meta(out_dir: str, prompts: list[str], cfg: SynthesisConfig, model) -> None:
+def _check_meta(out_dir: str, prompts: list[str], cfg: SynthesisConfig, model, dtype=None) -> None:
     """Records are reused by prompt index: refuse to resume a directory made from other prompts or
     settings (they would be mixed into train.jsonl)."""
     import hashlib
 
     meta = {"prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(), "prompts": len(prompts),
-            "config": asdict(cfg), "model": model if isinstance(model, str) else None}
+            "config": asdict(cfg), "model": model if isinstance(model, str) else None,
+            "dtype": None if dtype in (None, torch.float32) else str(dtype).removeprefix("torch.")}
     path = os.path.join(out_dir, "meta.json")
-    if check_settings(path, meta, ("prompts_sha256", "config", "model"), what="a synthesis of other prompts or settings",
+    if check_settings(path, meta, ("prompts_sha256", "config", "model", "dtype"),
+                      what="a synthesis of other prompts or settings",
                       hint="rerun with the same options to resume, or use another --out"):
         return
     if os.path.exists(os.path.join(out_dir, "records.jsonl")):
@@ -203,8 +205,11 @@ def _check_meta(out_dir: str, prompts: list[str], cfg: SynthesisConfig, model) -
 
 def synthesize(prompts: list[str], out_dir: str, *, model=None, scorer=None, detector: SpanDetector | None = None,
                cfg: SynthesisConfig | None = None, toxic_model=None, progress: bool = True, prompt_source: str = "",
-               ) -> dict:
-    """Run the synthesis (resumable); returns the summary (also written to ``out_dir``)."""
+               device=None, dtype=None) -> dict:
+    """Run the synthesis (resumable); returns the summary (also written to ``out_dir``).
+
+    ``device`` / ``dtype``: where the models and the scorer run and the models' precision (see
+    :class:`detox.generation.driver.Generator`; default: a loaded ``model``'s, else ``auto``)."""
     from ..generation.driver import Generator, batch_seed
     from ..scorers import default_scorer, load_scorer
 
@@ -216,14 +221,15 @@ def synthesize(prompts: list[str], out_dir: str, *, model=None, scorer=None, det
     if registry.get(cfg.fill_method).extra_outputs or cfg.fill_method == "cmd":
         raise ValueError(f"fill_method must be a decoding method other than cmd, got {cfg.fill_method!r}")
     os.makedirs(out_dir, exist_ok=True)
-    scorer = scorer if scorer is not None and not isinstance(scorer, str) else (load_scorer(scorer) if scorer else default_scorer())
-    detector = detector or OcclusionDetector(scorer, threshold=cfg.detector_target, max_rounds=cfg.detector_max_rounds)
     model = model if model is not None else "smollm2-135m-instruct"
-    gen = Generator("none", model=model)
+    gen = Generator("none", model=model, device=device, dtype=dtype)
     fill_gen = gen if cfg.fill_method == "none" else Generator(cfg.fill_method, model=(gen.model, gen.tokenizer),
                                                                toxic_model=toxic_model, model_name=gen.model_name)
+    if scorer is None or isinstance(scorer, str):
+        scorer = load_scorer(scorer, device=gen.device) if scorer else default_scorer(device=gen.device)
+    detector = detector or OcclusionDetector(scorer, threshold=cfg.detector_target, max_rounds=cfg.detector_max_rounds)
     path = os.path.join(out_dir, "records.jsonl")
-    _check_meta(out_dir, prompts, cfg, model)
+    _check_meta(out_dir, prompts, cfg, model, gen.dtype)
     done = {r["index"]: r for r in read_records(path)}
     chunks = [(ci, s) for ci, s in enumerate(range(0, len(prompts), cfg.chunk_size))
               if any(i not in done for i in range(s, min(s + cfg.chunk_size, len(prompts))))]

@@ -239,11 +239,22 @@ def _last_complete_checkpoint(ck_dir: str) -> str | None:
 
 
 def train_cmd(data, model, out_dir: str, cfg: CMDTrainConfig | None = None, *, progress: bool = True,
-              stop_after: int | None = None) -> str | None:
+              stop_after: int | None = None, device="auto", dtype=None) -> str | None:
     """Train ``model`` (a name / path, or a ``(model, tokenizer)`` pair) on CMD data; resumes from the
     last checkpoint in ``out_dir``. ``stop_after`` ends the run after that global step (to test
-    resuming) and returns None. Returns ``out_dir`` with the final (merged) model."""
+    resuming) and returns None. Returns ``out_dir`` with the final (merged) model.
+
+    ``device``: ``"auto"`` (default: CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``;
+    ``dtype``: the Trainer's mixed precision (``torch.bfloat16``: ``bf16=True``; ``None`` or float32:
+    none; the weights stay float32).
+    Under ``torchrun``/``accelerate`` the launcher places the processes."""
+    from ..devices import resolve_device, resolve_training_dtype
     from ..models import load_causal_lm
+
+    dev = resolve_device(device, what="device")
+    amp = resolve_training_dtype(dtype if dtype is not None else torch.float32, dev)
+    if dev.type == "cuda" and dev.index is not None and "LOCAL_RANK" not in os.environ:
+        torch.cuda.set_device(dev)
 
     cfg = cfg or CMDTrainConfig()
     rows = data if isinstance(data, list) else load_cmd_data(data)
@@ -267,7 +278,8 @@ def train_cmd(data, model, out_dir: str, cfg: CMDTrainConfig | None = None, *, p
         lr_scheduler_type="cosine", warmup_steps=max(1, round(cfg.warmup_ratio * cfg.steps)), weight_decay=0.0,
         max_grad_norm=1.0, logging_steps=1, save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2,
         seed=cfg.seed, data_seed=cfg.seed, report_to="none", remove_unused_columns=False, disable_tqdm=not progress,
-        dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available())
+        dataloader_num_workers=0, dataloader_pin_memory=dev.type == "cuda", use_cpu=dev.type == "cpu",
+        bf16=amp is torch.bfloat16)
     callbacks = []
     if stop_after is not None:
         class _Stop(TrainerCallback):

@@ -63,7 +63,10 @@ def run_on_ray(shards, store, cfg, bar, *, workers: int = 2, window: int = 64, a
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.execution_options.preserve_order = False
-    gpus = int(ray.cluster_resources().get("GPU", 0))
+    # an actor on a GPU sees only the GPU Ray gives it (as cuda); --device cpu keeps the actors off the GPUs
+    on_gpu = str(cfg.device).startswith("cuda") or (str(cfg.device) == "auto" and ray.cluster_resources().get("GPU", 0))
+    gpus = int(ray.cluster_resources().get("GPU", 0)) if on_gpu else 0
+    actor_cfg = {**asdict(cfg), "device": "cuda" if gpus else "cpu"}
     timing = {"generate": 0.0, "score": 0.0, "embed": 0.0, "other": 0.0}
     written = 0
     try:
@@ -82,7 +85,7 @@ def run_on_ray(shards, store, cfg, bar, *, workers: int = 2, window: int = 64, a
             # one block per shard, so the actors share the window's shards out one at a time
             ds = ray.data.from_items([{"shard": json.dumps(s, ensure_ascii=False)} for s in win],
                                      override_num_blocks=len(win))
-            ds = ds.map_batches(RewriteActor, fn_constructor_kwargs={"cfg": asdict(cfg)}, batch_size=1,
+            ds = ds.map_batches(RewriteActor, fn_constructor_kwargs={"cfg": actor_cfg}, batch_size=1,
                                 compute=ray.data.ActorPoolStrategy(size=max(1, min(workers, len(win)))),
                                 num_cpus=0 if gpus else 1,
                                 num_gpus=1 if gpus else 0)
