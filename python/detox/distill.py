@@ -120,8 +120,16 @@ def distil(generator, cfg: DistillConfig, path: str, *, progress: bool = True) -
 
 def run(out: str, *, model: str = "smollm2-135m-instruct", toxic_model: str | None = None,
         target_model: str | None = None, distill_cfg: DistillConfig | None = None, train_cfg=None,
-        scorer: str | None = None, device: str = "cpu", dtype=torch.float32, progress: bool = True) -> dict:
-    """The whole UniDetox run into ``out`` (see the module docstring); returns the summary."""
+        scorer: str | None = None, device="auto", dtype="auto", amp_dtype=None, progress: bool = True) -> dict:
+    """The whole UniDetox run into ``out`` (see the module docstring); returns the summary.
+
+    ``device`` / ``dtype``: where and in which precision the texts are distilled (see
+    :mod:`detox.devices`); the target is fine-tuned on ``device`` in float32 weights, under autocast
+    to ``amp_dtype`` when given (bfloat16 mixed precision)."""
+    from .devices import dtype_name, resolve_device, resolve_dtype
+
+    device = resolve_device(device, what="device")
+    dtype = resolve_dtype(dtype, device)
     from .generation.driver import Generator
     from .models import load_causal_lm, model_fingerprint
     from .toxic import resolve_toxic_model
@@ -139,6 +147,8 @@ def run(out: str, *, model: str = "smollm2-135m-instruct", toxic_model: str | No
     identity = {"model": gen.model_name, "toxic_model": gen.toxic_name,
                 "model_content": model_fingerprint(model), "toxic_content": model_fingerprint(toxic_model),
                 "distill": asdict(dcfg)}
+    if dtype != torch.float32:  # the precision changes the texts (float32 keeps the key of earlier runs)
+        identity["dtype"] = dtype_name(dtype)
     sp = os.path.join(out, "settings.json")
     if not check_settings(sp, identity, what="a UniDetox run with other models or distillation settings",
                           hint="rerun with the same options to resume, or use another --out (or --overwrite)"):
@@ -152,7 +162,7 @@ def run(out: str, *, model: str = "smollm2-135m-instruct", toxic_model: str | No
     if scorer is not False:
         from .scorers import load_scorer
 
-        sc = load_scorer(scorer)
+        sc = load_scorer(scorer, device=device)
         vals = [float(v) for v in sc.score(kept)]
         tox = {"scorer": sc.info()["scorer"], "mean": statistics.fmean(vals),
                "above_0.5": sum(v > 0.5 for v in vals) / len(vals)}
@@ -161,7 +171,7 @@ def run(out: str, *, model: str = "smollm2-135m-instruct", toxic_model: str | No
     print(f"unidetox: fine-tuning {target} on {len(kept)} distilled texts: {tcfg.steps} steps, batch "
           f"{tcfg.batch_size}, lr {tcfg.lr}, {'LoRA' if tcfg.lora else 'all weights'} -> {model_dir}", file=sys.stderr)
     train_causal_lm(tm, ttok, kept, model_dir, tcfg, data_description=f"UniDetox distillation {out}",
-                    progress=progress)
+                    progress=progress, amp_dtype=amp_dtype)
     lens = [len(ttok(t)["input_ids"]) for t in kept]
     summary = {"out": out, "model": model_dir, "target_model": target, "distilled_texts": len(texts),
                "non_empty_texts": len(kept), "mean_tokens": statistics.fmean(lens),
@@ -182,6 +192,10 @@ def cmd_unidetox(args) -> int:
     from .models import check_model_spec
     from .training import TrainConfig
 
+    from .devices import device_dtype_from_args, resolve_training_dtype
+
+    device, dtype = device_dtype_from_args(args)
+    amp = resolve_training_dtype(args.dtype, device)
     check_output_dir(args.out)
     for opt in ("model", "toxic_model", "target_model"):
         check_model_spec(getattr(args, opt), "--" + opt.replace("_", "-"))
@@ -208,7 +222,8 @@ def cmd_unidetox(args) -> int:
                     if name != ".lock":
                         shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
         summary = run(args.out, model=args.model, toxic_model=args.toxic_model, target_model=args.target_model,
-                      distill_cfg=dcfg, train_cfg=tcfg, scorer=False if args.no_score else args.scorer)
+                      distill_cfg=dcfg, train_cfg=tcfg, scorer=False if args.no_score else args.scorer,
+                      device=device, dtype=dtype, amp_dtype=amp)
     tox = summary["distilled_toxicity"]
     print(f"distilled {summary['distilled_texts']} texts ({summary['non_empty_texts']} non-empty, "
           f"{summary['mean_tokens']:.0f} tokens on average)"
@@ -261,4 +276,7 @@ def add_command(sub) -> None:
     t.add_argument("--save-every", type=positive_int, default=250, help="checkpoint every N steps (>= 1)")
     t.add_argument("--seed", type=nonnegative_int, default=42, help="fine-tuning seed (>= 0)")
     u.add_argument("--overwrite", action="store_true", help="discard an earlier UniDetox run in --out")
+    from .devices import add_device_options
+
+    add_device_options(u)
     u.set_defaults(func=cmd_unidetox)
