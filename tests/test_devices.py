@@ -125,6 +125,7 @@ def _argv(command, d, out):
         "cmd-train": ["cmd-train", "--data", d / "cmd-data", "--out", out],
         "rewrite": ["rewrite", d / "texts.jsonl", "--out", out + ".jsonl"],
         "finetune": ["finetune", "--data", d / "texts.jsonl", "--out", out],
+        "unidetox": ["unidetox", "--out", out],
     }[command]
 
 
@@ -156,7 +157,7 @@ def test_bad_device_or_dtype_values(argv, fragment, inputs, tmp_path, capsys):
     assert fragment in _one_error_line(rc, err)
 
 
-@pytest.mark.parametrize("command", ["train-toxic", "finetune", "cmd-train"])
+@pytest.mark.parametrize("command", ["train-toxic", "finetune", "cmd-train", "unidetox"])
 def test_training_refuses_float16(command, inputs, tmp_path, capsys, no_model_loads):
     rc, _, err = _run(_argv(command, inputs, str(tmp_path / "out")) + ["--device", "cpu", "--dtype", "float16"], capsys)
     assert "training in float16 needs loss scaling" in _one_error_line(rc, err)

@@ -8,8 +8,8 @@ import os
 import sys
 
 from .devices import add_device_options, device_dtype_from_args
-from .cli_types import (Parser, holdout_fraction, nonnegative_float, nonnegative_int, positive_float, positive_int,
-                        probability, seed_list, unit_interval)
+from .cli_types import (Parser, auto_or_nonnegative_float, holdout_fraction, nonnegative_float, nonnegative_int,
+                        positive_float, positive_int, probability, seed_list, unit_interval)
 from .errors import OutputLock, UserError, check_input_file, check_output_dir, check_output_file, one_line
 from .resumable import SettingsMismatch
 
@@ -162,6 +162,10 @@ def cmd_fit_sasa(args) -> int:
     sub.save(out)
     i = sub.info
     acc = i.get("heldout_accuracy")
+    if "shrinkage_chosen_by" in i:
+        tried = ", ".join(f"{k}: {v:.3f}" for k, v in i["shrinkage_chosen_by"]["accuracy"].items())
+        print(f"shrinkage {i['shrinkage']} chosen by accuracy on {i['shrinkage_chosen_by']['validation_n']} training "
+              f"texts ({tried})")
     print(f"subspace of {args.model} (layer {sub.layer}, pooling {sub.pooling}, D = {i['dim']}, "
           f"{i['eigenvalues_kept']} eigenvalues kept) saved to {out}")
     if acc is not None:
@@ -371,9 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ToxiGen: fit on the unique sentences of the prompt lists (default) or on whole lines")
     f.add_argument("--limit-per-label", type=positive_int, default=None, help="a seeded random subset of each class, >= 1")
     f.add_argument("--holdout", type=holdout_fraction, default=0.2, help="held-out fraction for the accuracy, in [0, 1); 0 = none (default: 0.2)")
-    f.add_argument("--shrinkage", type=nonnegative_float, default=0.0,
-                   help="ridge on the pooled covariance, Sigma + s*(tr Sigma/D)*I (default: 0, the spec's pseudo-inverse; "
-                        "use ~0.5 with few texts per hidden dimension)")
+    f.add_argument("--shrinkage", type=auto_or_nonnegative_float, default=None,
+                   help="ridge on the pooled covariance, Sigma + s*(tr Sigma/D)*I: 'auto' (default) picks it from "
+                        "0..2 by accuracy on a fifth of the training split; 0 is the paper's pseudo-inverse")
     f.add_argument("--batch-size", type=positive_int, default=32, help="texts per forward, >= 1 (default: 32)")
     f.add_argument("--max-length", type=positive_int, default=128, help="tokens per text, >= 1 (default: 128)")
     f.add_argument("--seed", type=nonnegative_int, default=0, help="split seed, >= 0 (default: 0)")
@@ -407,6 +411,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .rewrite.cli import add_commands as add_rewrite_commands  # detox rewrite, detox finetune (HSPD)
 
     add_rewrite_commands(sub)
+
+    from .distill import add_command as add_unidetox_command  # detox unidetox (distillation + fine-tuning)
+
+    add_unidetox_command(sub)
     return parser
 
 

@@ -36,6 +36,7 @@ class TrainConfig:
     max_length: int = 40
     lr: float = 1e-4
     warmup_steps: int = 5
+    schedule: str = "cosine"        # after the warm-up: "cosine" decay to 0, or "linear" (HF Trainer's default)
     weight_decay: float = 0.0
     lora: bool = False
     lora_r: int = 8
@@ -114,6 +115,8 @@ def train_causal_lm(model, tokenizer, texts: list[str], out_dir: str, cfg: Train
     ``stop_after`` stops (after checkpointing) once that many steps have run in this call,
     to test interruption. Returns the path of the saved model (``out_dir``).
     """
+    if cfg.schedule not in ("cosine", "linear"):
+        raise ValueError(f"schedule must be 'cosine' or 'linear', got {cfg.schedule!r}")
     texts = [t for t in texts if t and t.strip()]
     if not texts:
         raise ValueError("no training texts (all empty)")
@@ -129,13 +132,16 @@ def train_causal_lm(model, tokenizer, texts: list[str], out_dir: str, cfg: Train
         if step < cfg.warmup_steps:
             return (step + 1) / max(1, cfg.warmup_steps)
         rest = max(1, cfg.steps - cfg.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - cfg.warmup_steps) / rest)))
+        frac = min(1.0, (step - cfg.warmup_steps) / rest)
+        return 1.0 - frac if cfg.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * frac))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
     start, losses = 0, []
     ck = _latest_checkpoint(out_dir)
     # what the run is: resuming it with other data or settings would mix two trainings in one model
-    identity = {"config": {k: v for k, v in asdict(cfg).items() if k != "save_every"},
+    # (the default schedule is left out, so runs checkpointed before the option existed still resume)
+    identity = {"config": {k: v for k, v in asdict(cfg).items()
+                           if k != "save_every" and not (k == "schedule" and v == "cosine")},
                 "texts_sha256": hashlib.sha256("\0".join(texts).encode()).hexdigest(), "n_texts": len(texts),
                 "data": data_description,
                 "amp_dtype": None if amp_dtype in (None, torch.float32) else str(amp_dtype).removeprefix("torch.")}
