@@ -18,7 +18,8 @@ class SASASettings(Settings):
     beta: float = setting(10.0, "strength: 0 is plain sampling, a negative beta steers toward toxicity")
     mode: str = setting("softmax", "softmax: beta * softmax(margins) (the public implementation); tilt: "
                                    "beta * margin (the KL-constrained optimum)", choices=("softmax", "tilt"))
-    max_candidates: int = setting(50, "candidates K re-weighted per step", min=1)
+    max_candidates: int = setting(10, "candidates K re-weighted per step (10: the best measured on the development "
+                                      "prompts; 50 lowered toxicity far less)", min=1)
     outside: str = setting("keep", "tokens outside the K candidates keep their score (keep) or are masked (mask)",
                            choices=("keep", "mask"))
 
