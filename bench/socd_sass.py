@@ -259,7 +259,11 @@ def analyse_tree(root: Path, archs: list[str], label: str, nvcc: str, nvdisasm: 
                 # grid-stride loop over rows holds them all)
                 inner = [o for o in lps if o is not lp and int(lp["start"], 16) <= int(o["start"], 16)
                          and int(o["end"], 16) <= int(lp["end"], 16) and touches_row(o)]
-                lp["row_loop"] = bool(epi and touches_row(lp) and not inner)
+                # (a loop outside the named passes, e.g. the cluster's merge over its CTAs' bins, is
+                # not a row loop)
+                lp["row_loop"] = bool(epi and touches_row(lp) and not inner and lp["pass"] != "?")
+                # exponentials per element and input (MUFU.EX2 / (elements * 2 inputs))
+                lp["ex2_per_element_input"] = round(lp["exp_mufu"] / (2 * epi), 2) if epi else None
                 if lp["row_loop"]:
                     lp["instructions_per_element"] = round(lp["instructions"] / epi, 2)
             kernels.append({"name": name, **desc, **res.get(name, {}), "instructions": len(fn["instr"]),

@@ -5,11 +5,12 @@
 //
 // A. socd_kernel: one CTA per row (grid-stride over rows), any sm_80+ GPU, any width. Passes:
 //   1. online softmax statistics of x and y (max, sum of exp, and E[x - y] / E[y - x] for the
-//      KL divergences) and the validity flags (NaN / +inf / all -inf);
+//      KL divergences; one branch-free exp2 per element and input) and the validity flags
+//      (NaN / +inf / all -inf);
 //   2. the candidates key = y - x > c (c = lse(y) - lse(x)): count npos and the first radix
 //      histogram (11 bits) of ordered_bits(key), plus the jsd/tvd/l2 divergence sum;
 //      alpha and k are computed on the device, m = min(k, npos);
-//   3. radix select of the m-th largest key: three more rounds of 7 bits restricted to the
+//   3. radix select of the m-th largest key: two more rounds of 11 and 10 bits restricted to the
 //      candidates and the prefix found so far. Each global round also gathers the
 //      (ordered key, id) pairs matching its prefix into a shared-memory list when they fit
 //      (pass 2 opportunistically gathers all candidates until the list overflows), so that the
@@ -23,7 +24,7 @@
 //   Early exits: invalid rows and m == 0 skip 2-4, m == npos skips 3-4, a radix bucket that is
 //   taken whole ends the select.
 //
-// B. socd_cluster_kernel (sm_90+): a cluster of kClusterSize CTAs per row, each holding its
+// B. socd_cluster_kernel (sm_90+): a cluster of 8 or 16 CTAs per row, each holding its
 //   columns of x and y in shared memory (one global read and one write of the row); the same
 //   passes run on shared memory, and the per-CTA partials (statistics, histograms, sums, tie
 //   counts) are merged through distributed shared memory. See "Cluster path" below.

@@ -7,20 +7,22 @@ f32 and ``k`` [B] i32. One Triton program handles one row (grid ``(B,)``) and lo
 ``BLOCK``-sized chunks, accumulating in fp32 per lane (the lanes' partial sums are combined in
 float64, and the KL divergences are formed in float64, as in the C++ kernel):
 
-1. max of ``x`` and ``y`` and the validity flags (NaN / +inf in ``x[:V]`` or ``y[:V]``, or a row
+1. one read for the softmax statistics: running maxima of ``x`` and ``y`` per chunk, per-lane
+   sums of ``exp2((v - max) log2 e)`` rescaled when a chunk raises the maximum (one exponential
+   per element and input), ``E_p[x - y]``, ``E_q[y - x]`` for fkl / rkl / skl (-inf entries as in
+   ``csrc/cpu/socd_cpu.h``) and the validity flags (NaN / +inf in ``x[:V]`` or ``y[:V]``, or a row
    that is entirely -inf: divergence NaN, alpha 0, k 0, row copied);
-2. the softmax sums, and ``E_p[x - y]``, ``E_q[y - x]`` for fkl / rkl / skl (-inf entries as in
-   ``csrc/cpu/socd_cpu.h``); jsd / tvd / l2 take one more pass over the normalised p and q;
+2. one read for the candidates ``key = y - x > c`` (float32 key, ``c = lse(y) - lse(x)``) and
+   the first radix histogram (top 11 bits of the key's order-preserving uint32 image, 2048 bins),
+   and in the same read the jsd / tvd / l2 sums over the normalised p and q;
 3. ``alpha`` and ``k`` with the float32 formulas of ``csrc/common/socd_params.h``;
-4. the candidates ``key = y - x > c`` (float32 key, ``c = lse(y) - lse(x)``), counted together
-   with the first radix round; ``m = min(k, #candidates)``;
-5. when ``0 < m < #candidates``: an exact radix select of the m-th largest key over the
-   order-preserving uint32 image of the key (up to 4 rounds of 8 bits, ``tl.histogram`` with
-   256 bins, restricted to the candidates that share the prefix found so far; it stops early
-   once the bin holding the m-th key is taken whole), giving the threshold ``T`` and the
-   number ``G`` of candidates above it; the ``m - G`` candidates equal to ``T`` with the lowest
-   token ids are taken as well (a running count over the chunks in token order);
-6. the write: ``out = x - alpha * |y|`` (or ``alpha * y``) on the selected tokens, computed in
+   ``m = min(k, #candidates)``;
+4. when ``0 < m < #candidates``: the rest of an exact radix select of the m-th largest key
+   (rounds of 11 and 10 more bits, ``tl.histogram``, restricted to the candidates that share the
+   prefix found so far; it stops early once the bin holding the m-th key is taken whole), giving
+   the threshold ``T``; the candidates equal to ``T`` that are still needed are the ones with
+   the lowest token ids (a running count over the chunks in token order, in the write);
+5. the write: ``out = x - alpha * |y|`` (or ``alpha * y``) on the selected tokens, computed in
    fp32 and rounded to the output dtype; ``out = x`` elsewhere (not written when ``out`` is
    ``base``); the padded columns ``>= vocab_size`` are copied.
 
