@@ -1196,10 +1196,12 @@ __global__ void __launch_bounds__(BLOCK, 2) socd_kernel(const T* x, const T* y, 
   socd::socd_rows<T, BLOCK, CAP, VE>(x, y, out, p, inplace, alpha, div, k, smem);
 }
 
-// Cluster path: launched with a cluster dimension of socd::kClusterSize and
+// Cluster path: at most 64 registers at 512 threads (__launch_bounds__(BLOCK, 2)), so that two
+// CTAs share an SM wherever their shared memory fits (e.g. fp32 rows of 151,936 in 16-CTA
+// clusters, bf16 rows in 8-CTA clusters); launched with a cluster dimension of 8 or 16 and
 // socd::cluster_smem_bytes<T, BLOCK>(chunk) bytes of dynamic shared memory, on sm_90+ only.
 template <typename T, int BLOCK, int VE>
-__global__ void __launch_bounds__(BLOCK, 1) socd_cluster_kernel(const T* x, const T* y, T* out, SocdParams p,
+__global__ void __launch_bounds__(BLOCK, 2) socd_cluster_kernel(const T* x, const T* y, T* out, SocdParams p,
                                                                 int64_t chunk, bool inplace, float* alpha,
                                                                 float* div, int32_t* k) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
