@@ -19,6 +19,7 @@ table shows BEFORE and AFTER side by side. JSON goes to ``bench/results/socd-sas
     python -m bench.socd_sass                 # before (b4ffa4d) and after (working tree)
     python -m bench.socd_sass --before none   # the working tree only
     python -m bench.socd_sass --arch 90       # one architecture
+    python -m bench.socd_sass --no-triton     # CUDA only (the Triton kernel is compiled offline too)
 
 Needs nvcc and nvdisasm / cuobjdump (from the CUDA toolkit, or the copies Triton ships).
 """
@@ -297,6 +298,8 @@ def print_table(rows: list[dict]) -> None:
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
+        if r["instructions"] < 64:  # a stub (the cluster kernel below sm_90 only traps)
+            continue
         epi = r["elems_per_iter"] or 1
         per_el = r["row_loop_instr"] / epi
         loops = ", ".join(f"{' '.join(k.split()[:2])}={v / epi:.0f}"
@@ -304,6 +307,78 @@ def print_table(rows: list[dict]) -> None:
         print(f"{r['version']:<8} {r['arch']:<6} {r['path']:<8} {r['dtype']:<4} {r['VE'] or '':>2} "
               f"{r['registers'] or 0:>4} {r['smem'] or 0:>7} {r['instructions']:>6} {r['row_loop_instr']:>7} "
               f"{epi:>5} {per_el:>6.1f}  {loops}")
+
+
+TRITON_SCRIPT = r"""
+import json, os, subprocess, sys, tempfile
+os.environ.pop("TRITON_INTERPRET", None)
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from detox_kernels.triton import socd as ts
+arch, nvdisasm, cuobjdump = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+sig = {"x_ptr": "*fp32", "y_ptr": "*fp32", "out_ptr": "*fp32", "alpha_ptr": "*fp32", "div_ptr": "*fp32",
+       "k_ptr": "*i32", "x_stride": "i64", "y_stride": "i64", "out_stride": "i64", "W": "i32", "V": "i32",
+       "k_min": "i32", "k_max": "i32"}
+out = []
+for dt in ("fp32", "bf16"):
+    s = dict(sig)
+    s["x_ptr"] = s["y_ptr"] = s["out_ptr"] = "*" + dt
+    const = {"DIV": 5, "K_CEIL": True, "SIGNED": False, "COPY": True, "CUDA_MATH": True, "BLOCK": ts.GPU_BLOCK}
+    for k in const:
+        s[k] = "constexpr"
+    cc = triton.compile(ASTSource(fn=ts._socd_kernel, signature=s, constexprs=const),
+                        target=GPUTarget("cuda", arch, 32), options={"num_warps": ts.GPU_NUM_WARPS})
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(cc.asm["cubin"])
+    sass = subprocess.run([nvdisasm, "-c", f.name], capture_output=True, text=True).stdout
+    res = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
+    os.unlink(f.name)
+    out.append({"dtype": dt, "sass": sass, "res": res, "shared_dynamic": cc.metadata.shared,
+                "block": ts.GPU_BLOCK, "num_warps": ts.GPU_NUM_WARPS})
+print(json.dumps(out))
+"""
+
+
+def analyse_triton(root: Path, label: str, arch: str, nvdisasm: str, cuobjdump: str) -> dict:
+    """The Triton kernel (l2, paper preset, GPU chunk) compiled offline for sm_<arch> by Triton
+    itself (no GPU needed): registers, shared memory, instructions and loops (no line info: the
+    loops are listed by size; a chunk iteration covers BLOCK / (32 num_warps) elements per thread)."""
+    env = dict(os.environ, PYTHONPATH=str(root))
+    env.pop("TRITON_INTERPRET", None)
+    p = subprocess.run([sys.executable, "-c", TRITON_SCRIPT, arch, nvdisasm, cuobjdump], capture_output=True,
+                       text=True, env=env, cwd=str(root))
+    if p.returncode != 0:
+        return {"label": label, "error": p.stderr.strip().splitlines()[-1:] if p.stderr else "failed"}
+    kernels = []
+    for item in json.loads(p.stdout.strip().splitlines()[-1]):
+        funcs = parse_sass(item["sass"], "/nonexistent")
+        name, fn = next(iter(funcs.items()))
+        lps = loops_of(fn, [])
+        epi = item["block"] // (32 * item["num_warps"])
+        reg = re.search(r"REG:(\d+)", item["res"])
+        big = sorted(lps, key=lambda lp: -lp["instructions"])
+        kernels.append({"dtype": item["dtype"], "registers": int(reg.group(1)) if reg else None,
+                        "shared_dynamic": item["shared_dynamic"], "instructions": len(fn["instr"]),
+                        "elements_per_thread_per_iteration": epi,
+                        "loops": [{k: lp[k] for k in ("instructions", "global_loads", "global_stores", "exp_mufu",
+                                                      "depth")} for lp in big]})
+    return {"label": label, "arch": f"sm_{arch}", "kernels": kernels}
+
+
+def print_triton(tri: list[dict]) -> None:
+    print(f"\nTriton kernel (l2, GPU chunk), static: {'version':<8} {'dt':<5} regs  smem  instr  "
+          "row loops (instructions / element, EX2 / element)")
+    for t in tri:
+        if "error" in t:
+            print(f"   {t['label']}: {t['error']}")
+            continue
+        for k in t["kernels"]:
+            epi = k["elements_per_thread_per_iteration"]
+            lp = ", ".join(f"{lp['instructions'] / epi:.0f}/{lp['exp_mufu'] / epi:.0f}" for lp in k["loops"]
+                           if lp["global_loads"] > 0 and lp["depth"] <= 1)
+            print(f"   {t['label']:<8} {t['arch']:<6} {k['dtype']:<5} {k['registers'] or 0:>4} {k['shared_dynamic']:>5} "
+                  f"{k['instructions']:>6}  {lp}")
 
 
 def git_commit(root: Path) -> str:
@@ -322,6 +397,8 @@ def main(argv=None) -> int:
     ap.add_argument("--before", default=DEFAULT_BEFORE, help="git revision to compare with, or 'none'")
     ap.add_argument("--arch", action="append", help="90 and/or 80 (default both)")
     ap.add_argument("--out", default=str(REPO / "bench/results/socd-sass.json"))
+    ap.add_argument("--triton", action=argparse.BooleanOptionalAction, default=True,
+                    help="also compile the Triton kernel offline (Triton's own compiler, no GPU) and count")
     args = ap.parse_args(argv)
     archs = args.arch or ["90", "80"]
     nvcc, nvdisasm, cuobjdump = find_tool("nvcc"), find_tool("nvdisasm"), find_tool("cuobjdump")
@@ -341,8 +418,19 @@ def main(argv=None) -> int:
         r = analyse_tree(REPO, archs, "after", nvcc, nvdisasm, cuobjdump, work)
         r["commit"] = git_commit(REPO)
         results.append(r)
+        triton_results = []
+        if args.triton:
+            if args.before != "none":
+                old = work / "before-py"
+                old.mkdir()
+                arch_p = subprocess.run(["git", "-C", str(REPO), "archive", args.before, "detox_kernels"],
+                                        capture_output=True, check=True)
+                subprocess.run(["tar", "-x", "-C", str(old)], input=arch_p.stdout, check=True)
+                triton_results.append(analyse_triton(old, "before", archs[0], nvdisasm, cuobjdump))
+            triton_results.append(analyse_triton(REPO, "after", archs[0], nvdisasm, cuobjdump))
     rows = [row for r in results for row in summary_rows(r)]
     print_table(rows)
+    print_triton(triton_results)
     doc = {
         "what": "static SASS analysis of the SoCD CUDA kernels (bench/socd_sass.py)",
         "nvcc": ver,
@@ -353,6 +441,7 @@ def main(argv=None) -> int:
                 "time still count.",
         "summary": rows,
         "versions": results,
+        "triton": triton_results,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
