@@ -45,8 +45,13 @@ CASES = [
 
 
 def _small(v, b):
-    """Cases the slow backends (Triton's interpreter, the CUDA emulation) run here."""
+    """Cases the CUDA emulation runs here (every thread a fiber: slow at B = 64)."""
     return v <= 37 or (v <= 49152 and b <= 7)
+
+
+def _tiny(v, b):
+    """Cases Triton's CPU interpreter runs here (slow: a Python loop per program and tile)."""
+    return (v <= 37 and b <= 7) or (v == 49152 and b == 1)
 
 
 def make_logits(b: int, v: int, seed: int) -> torch.Tensor:
@@ -130,7 +135,7 @@ def check_tokens(got, logits, uniform, top_k, top_p, temperature, max_fragile=No
 
 
 def _backends_for(v, b):
-    names = [n for n in BACKENDS if not (n == "triton" and INTERPRETED and not _small(v, b))]
+    names = [n for n in BACKENDS if not (n == "triton" and INTERPRETED and not _tiny(v, b))]
     return names + (["emu"] if _small(v, b) else [])
 
 
@@ -315,3 +320,30 @@ def test_fake_implementation_and_opcheck():
         fx, fu = torch.empty(4, 7), torch.empty(4)
         r = sample_top_k_top_p(fx, fu, top_k=3, top_p=0.5, backend="cpu")
         assert r.shape == (4,) and r.dtype == torch.int64
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="compiled CPU kernels not built")
+def test_torch_compile_fullgraph_traces_the_op():
+    x = torch.randn(5, 300)
+    u = torch.rand(5)
+
+    def step(logits, uniform):
+        return sample_top_k_top_p(logits, uniform, top_k=20, top_p=0.9, temperature=0.7, backend="cpu")
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    assert torch.equal(compiled(x, u), step(x, u))
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="compiled CPU kernels not built")
+def test_cpu_rows_split_over_threads():
+    # fewer rows than threads and V >= 16,384: the C++ kernel splits each row's passes into chunks
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        for b, top_k, top_p in ((1, 0, 0.9), (3, 50, 1.0), (2, 0, 1.0), (3, 7, 1e-6)):
+            logits = make_logits(b, 49152, seed=b + top_k)
+            uniform = torch.rand(b, generator=torch.Generator().manual_seed(b))
+            got = sample_top_k_top_p(logits, uniform, top_k=top_k, top_p=top_p, temperature=0.9, backend="cpu")
+            check_tokens(got, logits, uniform, top_k, top_p, 0.9)
+    finally:
+        torch.set_num_threads(before)
