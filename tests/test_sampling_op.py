@@ -186,13 +186,12 @@ def _run_all(logits, uniform, top_k, top_p, temperature, request, tmp_path):
 def test_ties_at_the_kth_value_are_all_kept(request, tmp_path):
     # top_k = 2: the 2nd largest value is 3, held by ids 0, 2 and 3, so all three are kept (HF)
     row = torch.tensor([3.0, 1.0, 3.0, 3.0, 0.0, 2.0, NINF])
-    n = 64
+    n = 12
     logits = row.expand(n, -1).contiguous()
     uniform = (torch.arange(n, dtype=torch.float32) + 0.5) / n
     for name, got in _run_all(logits, uniform, 2, 1.0, 1.0, request, tmp_path).items():
-        assert set(got.tolist()) == {0, 2, 3}, name
         # equal probabilities: in id order each takes a third of [0, 1)
-        assert got.tolist() == [0] * 21 + [2] * 22 + [3] * 21, name
+        assert got.tolist() == [0] * 4 + [2] * 4 + [3] * 4, name
 
 
 def test_ties_at_the_top_p_cut_off_rank_by_id(request, tmp_path):
@@ -200,14 +199,16 @@ def test_ties_at_the_top_p_cut_off_rank_by_id(request, tmp_path):
     # the three lowest ids among the ties (here ids 1, 4, 5; id 0 is -inf)
     row = torch.full((13,), 2.0)
     row[[0, 2, 3]] = NINF
-    n = 30
+    n = 9
     logits = row.expand(n, -1).contiguous()
     uniform = (torch.arange(n, dtype=torch.float32) + 0.5) / n
     for name, got in _run_all(logits, uniform, 0, 0.25, 1.0, request, tmp_path).items():
-        assert got.tolist() == [1] * 10 + [4] * 10 + [5] * 10, name
+        assert got.tolist() == [1] * 3 + [4] * 3 + [5] * 3, name
     # a higher score above the ties: mass above the first tie is 0.5 < 0.6, the next tie 0.5 + 1/(2*10)...
     row2 = torch.tensor([0.0] * 10 + [float(np.log(10.0))])  # id 10 holds half the mass
+    n = 14
     logits = row2.expand(n, -1).contiguous()
+    uniform = (torch.arange(n, dtype=torch.float32) + 0.5) / n
     for name, got in _run_all(logits, uniform, 0, 0.62, 1.0, request, tmp_path).items():
         # kept: id 10 (mass above 0), ties 0, 1, 2 (mass above 0.5, 0.55, 0.60 < 0.62), not 3 (0.65)
         assert set(got.tolist()) == {0, 1, 2, 10}, name
