@@ -36,12 +36,30 @@ struct SamplingScratch {
 constexpr int kSampBits[3] = {11, 11, 10};
 constexpr int kSampShift[3] = {21, 10, 0};
 
+// Branch-free ordered_bits of the score of a logit (contract item 1; vectorisable).
+inline uint32_t sampling_key_of(float logit, float temperature, bool unit) {
+  const float x = unit ? logit : logit / temperature;  // x / 1 == x exactly
+  uint32_t u = float_to_bits(x);
+  u = x != x ? 0xff800000u : u;    // NaN -> -inf
+  u = u == 0x80000000u ? 0u : u;   // -0.0 -> +0.0
+  const uint32_t neg = static_cast<uint32_t>(static_cast<int32_t>(u) >> 31);
+  return u ^ (neg | 0x80000000u);  // == ordered_bits
+}
+
+// Branch-free sampling_key_to_float.
+inline float sampling_key_float(uint32_t k) {
+  const uint32_t pos = static_cast<uint32_t>(static_cast<int32_t>(k) >> 31);  // all ones: a positive float
+  return bits_to_float(k ^ (~pos | 0x80000000u));
+}
+
 // Pass 1 over [begin, end): keys and the maximum key. Returns the maximum key.
 template <typename T>
 uint32_t sampling_load(const T* lg, int64_t begin, int64_t end, float temperature, uint32_t* keys) {
   uint32_t mx = 0;
+  const bool unit = temperature == 1.f;
+#pragma omp simd reduction(max : mx)
   for (int64_t i = begin; i < end; ++i) {
-    const uint32_t k = ordered_bits(sampling_score(to_float(lg[i]), temperature));
+    const uint32_t k = sampling_key_of(to_float(lg[i]), temperature, unit);
     keys[i] = k;
     mx = k > mx ? k : mx;
   }
@@ -50,13 +68,10 @@ uint32_t sampling_load(const T* lg, int64_t begin, int64_t end, float temperatur
 
 // e[i] = exp(x_i - max) over [begin, end) for keys >= floor (0 elsewhere); returns their sum.
 inline double sampling_exp(const uint32_t* keys, int64_t begin, int64_t end, uint32_t floor, float mx, float* e) {
+  for (int64_t i = begin; i < end; ++i) e[i] = keys[i] >= floor ? std::exp(sampling_key_float(keys[i]) - mx) : 0.f;
   double s = 0.0;
-  for (int64_t i = begin; i < end; ++i) {
-    float v = 0.f;
-    if (keys[i] >= floor) v = std::exp(sampling_key_to_float(keys[i]) - mx);
-    e[i] = v;
-    s += v;
-  }
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = begin; i < end; ++i) s += e[i];
   return s;
 }
 

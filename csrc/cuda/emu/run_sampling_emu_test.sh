@@ -6,11 +6,11 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CXX="${CXX:-g++}"
 if [[ "${1:-}" == "--build-only" ]]; then
-  "$CXX" -std=c++20 -O2 -Wall -Wextra -Wno-unused-parameter -I"$HERE/../.." "$HERE/sampling_emu_test.cpp" -o "$2"
+  "$CXX" -std=c++20 -O2 -fopenmp-simd -Wall -Wextra -Wno-unused-parameter -I"$HERE/../.." "$HERE/sampling_emu_test.cpp" -o "$2"
   exit 0
 fi
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
-"$CXX" -std=c++20 -O2 -Wall -Wextra -Wno-unused-parameter -I"$HERE/../.." "$HERE/sampling_emu_test.cpp" \
+"$CXX" -std=c++20 -O2 -fopenmp-simd -Wall -Wextra -Wno-unused-parameter -I"$HERE/../.." "$HERE/sampling_emu_test.cpp" \
   -o "$TMP/sampling_emu_test"
 "$TMP/sampling_emu_test"
