@@ -13,9 +13,9 @@
 //      segments of the row);
 //   4. inverse CDF: each thread sums the kept mass of its contiguous segment, an inclusive block
 //      scan gives the segment offsets and Z, and the thread whose segment holds u * Z walks it.
-// Float atomics make the bucket masses (and so a top-p cut-off within float32 rounding of a
-// boundary) independent of nothing but the order the threads arrive in; everything else is
-// deterministic.
+// The float atomics make the bucket masses depend on the order in which the threads add to
+// them, so a top-p cut-off within float32 rounding of a boundary may change from run to run;
+// everything else is deterministic.
 //
 // The device logic is written against a few primitives (namespace samp) so that it also compiles
 // on the host with DETOX_SAMPLING_EMULATION on top of emu/socd_emu.h (one fiber per CUDA thread;
