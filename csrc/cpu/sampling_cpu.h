@@ -17,6 +17,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "../common/sampling_params.h"
@@ -66,14 +67,56 @@ uint32_t sampling_load(const T* lg, int64_t begin, int64_t end, float temperatur
   return mx;
 }
 
+// The exp pass, written to vectorise. GCC if-converts its selects only without trapping-math
+// (which changes no result here: nothing traps or reads the FP flags); the helpers it calls are
+// defined inside the same region so that they inline.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC optimize("no-trapping-math")
+#endif
+
+// exp(d) for d <= 0 in float32 (within 2 ulp of expf; 0 below -87, where expf is denormal or
+// 0: such a token has no weight next to the maximum's 1).
+inline float sampling_exp_neg(float d) {
+  const float dc = d > -87.f ? d : -87.f;  // also -inf -> -87
+  const float n = (dc * 1.44269504088896341f + 12582912.f) - 12582912.f;  // round to nearest
+  const float r = (dc - n * 0.693145751953125f) - n * 1.42860682030941723212e-6f;
+  float p = 1.f / 5040.f + r * (1.f / 40320.f);
+  p = 1.f / 720.f + r * p;
+  p = 1.f / 120.f + r * p;
+  p = 1.f / 24.f + r * p;
+  p = 1.f / 6.f + r * p;
+  p = 0.5f + r * p;
+  p = 1.f + r * p;
+  p = 1.f + r * p;
+  const uint32_t sb = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &sb, 4);
+  const float res = p * scale;
+  return d < -87.f ? 0.f : res;
+}
+
 // e[i] = exp(x_i - max) over [begin, end) for keys >= floor (0 elsewhere); returns their sum.
 inline double sampling_exp(const uint32_t* keys, int64_t begin, int64_t end, uint32_t floor, float mx, float* e) {
-  for (int64_t i = begin; i < end; ++i) e[i] = keys[i] >= floor ? std::exp(sampling_key_float(keys[i]) - mx) : 0.f;
+#pragma omp simd
+  for (int64_t i = begin; i < end; ++i) {
+    const uint32_t k = keys[i];
+    const uint32_t pos = static_cast<uint32_t>(static_cast<int32_t>(k) >> 31);
+    const uint32_t u = k ^ (~pos | 0x80000000u);  // sampling_key_to_float
+    float x;
+    std::memcpy(&x, &u, 4);
+    const float v = sampling_exp_neg(x - mx);
+    e[i] = k >= floor ? v : 0.f;
+  }
   double s = 0.0;
 #pragma omp simd reduction(+ : s)
   for (int64_t i = begin; i < end; ++i) s += e[i];
   return s;
 }
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
 
 // The key of the k-th largest (1-based, duplicates counted) of keys[0, V).
 inline uint32_t sampling_kth_key(const uint32_t* keys, int64_t V, int64_t k, SamplingScratch& s) {
