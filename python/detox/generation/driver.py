@@ -20,16 +20,20 @@ class Generator:
     """Generates batches with one method.
 
     ``model`` / ``toxic_model`` / ``expert_model``: a name (HF id, local directory or embedded
-    name) or a loaded ``(model, tokenizer)`` pair; ``model_name`` / ``toxic_name`` name loaded pairs
+    name) or a loaded ``(model, tokenizer)`` pair; ``decode``: ``"fast"`` (the static-cache loop of
+    :mod:`detox.generation.fast` wherever it reproduces ``generate``) or ``"hf"`` (always ``generate``); ``model_name`` / ``toxic_name`` name loaded pairs
     in the settings (default: the model's ``name_or_path``). ``settings``: the method's settings
     (its ``Settings`` dataclass, a dict of its fields, or ``None`` for the defaults).
     """
 
     def __init__(self, method: str = "none", model="smollm2-135m-instruct", toxic_model=None, expert_model=None,
                  settings=None, device: str = "cpu", dtype=torch.float32, model_name: str | None = None,
-                 toxic_name: str | None = None):
+                 toxic_name: str | None = None, decode: str = "fast"):
         from ..models import check_same_vocabulary, load_causal_lm
+        from .fast import DECODE_MODES
 
+        if decode not in DECODE_MODES:
+            raise registry.SettingsError(f"decode must be one of {', '.join(DECODE_MODES)}; got {decode!r}")
         cls = registry.get(method)
         self.method = method
         self.method_settings = registry.settings_for(method, settings)
@@ -57,6 +61,7 @@ class Generator:
             extra["expert"] = expert_model if isinstance(expert_model, tuple) else load_causal_lm(
                 expert_model, dtype=dtype, device=device)
         self.impl = cls(self.method_settings, self.models, **extra)
+        self.impl.decode_mode = decode
 
     @property
     def toxic(self):
