@@ -62,7 +62,8 @@ def cmd_generate(args) -> int:
         prompts = [p.text for p in read_prompts(args.prompts, limit=args.limit, seed=args.seed)]
     if not prompts:
         raise UserError(f"no prompts in {args.prompts}")
-    gen = Generator(args.method, model=args.model, toxic_model=args.toxic_model, settings=settings)
+    gen = Generator(args.method, model=args.model, toxic_model=args.toxic_model, settings=settings,
+                    decode=args.decode)
     gen.validate(prompts, args.max_new_tokens)
     settings = dict(gen.settings(), num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
                     top_p=args.top_p, temperature=args.temperature, seed=args.seed, greedy=args.greedy)
@@ -306,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
     g.add_argument("--seed", type=nonnegative_int, default=0, help="random seed, >= 0 (default: 0)")
     g.add_argument("--batch-size", type=positive_int, default=8, help="prompts per generate call, >= 1 (default: 8)")
+    g.add_argument("--decode", choices=("fast", "hf"), default="fast",
+                   help="fast: static-cache decoding loop where it gives generate's tokens (default); hf: always "
+                        "HuggingFace generate")
     g.add_argument("--out", default=None, help="output JSONL file (default: standard output); an existing file is kept "
                    "unless --overwrite")
     g.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
