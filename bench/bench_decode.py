@@ -131,6 +131,25 @@ def authors_socd(base, toxic, ids, mask, tokens, top_p, seed):
     return torch.cat(out, dim=1)
 
 
+def random_smollm2(seed, dev, dtype):
+    """SmolLM2-135M's architecture with random weights and the benchmarks' word tokenizer (where
+    the embedded weights cannot be brought, e.g. a GPU machine without them): the timing of a
+    step does not depend on the weights."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from bench.common import word_tokenizer
+
+    tok = word_tokenizer()
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                      num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192, rope_theta=100000.0,
+                      tie_word_embeddings=True, rms_norm_eps=1e-5, pad_token_id=tok.pad_token_id,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    m = LlamaForCausalLM(cfg).to(device=dev, dtype=dtype).eval()
+    m.generation_config.pad_token_id = tok.pad_token_id
+    return m, tok
+
+
 def make_generator(method, base, toxic, dev, model_name):
     from detox.generation.driver import Generator
 
@@ -206,6 +225,8 @@ def main(argv=None):
     ap.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                     help="default: bfloat16 on CUDA, float32 on CPU")
     ap.add_argument("--top-p", type=float, default=0.9)
+    ap.add_argument("--random-weights", action="store_true",
+                    help="SmolLM2-135M's architecture with random weights (where the embedded models are absent)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
 
@@ -220,8 +241,11 @@ def main(argv=None):
     shp = ([tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")] if args.shapes
            else shapes(args.quick))
     variants = args.variants.split(",")
-    base = load_causal_lm(args.model, device=dev, dtype=dtype)
-    toxic = load_causal_lm(args.toxic_model or resolve_toxic_model(None), device=dev, dtype=dtype)
+    if args.random_weights:
+        base, toxic = random_smollm2(0, dev, dtype), random_smollm2(1, dev, dtype)
+    else:
+        base = load_causal_lm(args.model, device=dev, dtype=dtype)
+        toxic = load_causal_lm(args.toxic_model or resolve_toxic_model(None), device=dev, dtype=dtype)
     tok = base[1]
     sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
     pool = rtp_prompts(max(p for p, _ in shp))
@@ -279,7 +303,8 @@ def main(argv=None):
     import transformers
 
     info = env_info(dev, transformers=transformers.__version__, dtype=str(dtype).replace("torch.", ""),
-                    model=args.model, toxic_model=args.toxic_model or "embedded", machine=platform.node(),
+                    model=args.model, toxic_model=args.toxic_model or "embedded",
+                    random_weights=args.random_weights, machine=platform.node(),
                     cpu_count=os.cpu_count(), top_p=args.top_p, quick=args.quick,
                     cuda_graphs=dev.startswith("cuda") and os.environ.get("DETOX_CUDA_GRAPHS", "1") != "0")
     import detox_kernels
