@@ -282,6 +282,14 @@ def test_unsupported_configs_go_to_generate(models):
             return scores
 
     assert "combine" in unsupported_reason(base, Mine())
+
+    class Tweaked(SoCDLogitsProcessor):   # changes __call__ only: the fast loop would skip that
+        def __call__(self, input_ids, scores):
+            return super().__call__(input_ids, scores) * 2
+
+    assert "overrides __call__" in unsupported_reason(base, Tweaked(toxic, attention_mask=mask, pad_token_id=PAD))
+    assert unsupported_reason(base, SoCDLogitsProcessor(toxic, attention_mask=mask, pad_token_id=PAD)) is None
+    assert unsupported_reason(base, UniDetoxLogitsProcessor(toxic, attention_mask=mask, pad_token_id=PAD)) is None
     # generate's own refusal (greedy with several return sequences) stays generate's
     assert fast_decode(base, None, ids, mask, dict(do_sample=False, max_new_tokens=3, num_return_sequences=2)) is None
 

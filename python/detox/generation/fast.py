@@ -59,6 +59,9 @@ def unsupported_reason(model, proc) -> str | None:
     if proc is not None:
         if not isinstance(proc, _AuxProcessor) or type(proc).combine is _AuxProcessor.combine:
             return f"the processor {type(proc).__name__} has no per-step combine()"
+        if _defining_class(type(proc), "__call__") is not _defining_class(type(proc), "combine"):
+            # a subclass that changes __call__ but not combine: only generate runs what it does
+            return f"the processor {type(proc).__name__} overrides __call__ without combine()"
         if not all(a is None or type(a) is AuxiliaryLM for a in proc.aux):
             return "an auxiliary model is not a plain AuxiliaryLM"
     cfg = getattr(model, "generation_config", None)
@@ -73,6 +76,10 @@ def unsupported_reason(model, proc) -> str | None:
             getattr(model.config, "is_encoder_decoder", False):
         return "not a decoder-only model"
     return None
+
+
+def _defining_class(cls, name):
+    return next(c for c in cls.__mro__ if name in vars(c))
 
 
 def _eos_ids(model) -> list[int]:
