@@ -6,7 +6,7 @@ authors'-style SoCD loop, for plain, SoCD, CD, DExperts, SASA and reversal.
     python -m bench.bench_decode --device cuda --dtype bfloat16 --out bench/results/decode-cuda.json
 
 Per method and batch size B (= prompts x samples), the time of one batch of ``--tokens`` new tokens
-(the prompt's forward included), as tokens/s and per-step milliseconds, for
+(the prompt's forward included), as tokens/s and per-step milliseconds (wall), for
 
 - ``fast``: ``Method.decode`` with the default fast loop (static caches, the method's rule in one
   call, sampling on device; CUDA graphs on a GPU). SASA and reversal run their own loops here;
@@ -22,8 +22,9 @@ Every batch samples with top_p 0.9 and ``min_new_tokens = tokens`` (no early sto
 variant does the same work). Besides, ``components`` times the per-step pieces on real logits of
 the largest batch: the SoCD op, HF's top-p warper (a full sort of B x V) and the fused sampling
 op where ``detox_kernels`` has it. Raw numbers: ``bench/results/decode-<device>.json`` (machine,
-versions, commit); a table with the ratios to ``forwards`` is printed. On a CPU compare within one
-run (the machine is shared); absolute numbers only from an idle machine or a GPU.
+versions, commit); a table with the ratios to ``forwards`` is printed: on a CPU, ratios of the
+process's CPU time (run with ``OMP_NUM_THREADS=1``: the work done, which other jobs on a shared
+machine barely change), on a GPU of wall time. Absolute numbers only from an idle machine or a GPU.
 """
 
 from __future__ import annotations
@@ -157,32 +158,22 @@ def make_generator(method, base, toxic, dev, model_name):
                      model_name=model_name, toxic_name="embedded-toxic")
 
 
-def timed(fn, sync, repeats):
-    fn()  # warm up (and, on a GPU, the first capture)
-    walls = []
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        walls.append(time.perf_counter() - t0)
-    return walls
-
-
 def interleaved(fns: dict, sync, repeats):
     """Seconds per call of each of ``fns``, timed in turns (one call of each per round) so that
     the load of a shared machine falls on all of them alike; one warm-up call each first."""
     for fn in fns.values():
         fn()
     walls = {k: [] for k in fns}
+    cpus = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
             sync()
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             fn()
             sync()
             walls[k].append(time.perf_counter() - t0)
-    return walls
+            cpus[k].append(time.process_time() - c0)
+    return walls, cpus
 
 
 def components(base, toxic, tok, prompts, dev, top_p, repeats):
@@ -199,7 +190,7 @@ def components(base, toxic, tok, prompts, dev, top_p, repeats):
     res = {"rows": x.shape[0], "vocab": x.shape[1]}
 
     def med(fn):
-        return statistics.median(timed(fn, sync, max(3, repeats))) * 1e3
+        return statistics.median(interleaved({"x": fn}, sync, max(3, repeats))[1 if not dev.startswith("cuda") else 0]["x"]) * 1e3
 
     res["socd_op_ms"] = med(lambda: detox_kernels.socd(x, y))
     res["hf_top_p_warper_ms"] = med(lambda: warp(None, x))
@@ -280,18 +271,22 @@ def main(argv=None):
             if method == "sasa":
                 todo.pop("hf")   # SASA never uses generate: fast and hf are the same loop
             todo = {k: f for k, f in todo.items() if k in variants}
-            all_walls = interleaved(todo, sync, repeats)
+            all_walls, all_cpus = interleaved(todo, sync, repeats)
             for name, walls in all_walls.items():
                 wall = statistics.median(walls)
                 res[name] = {"wall_s": wall, "step_ms": 1e3 * wall / tokens, "tokens_per_s": b * tokens / wall,
-                             "best_wall_s": min(walls), "samples_wall_s": walls}
+                             "best_wall_s": min(walls), "samples_wall_s": walls,
+                             "cpu_s": statistics.median(all_cpus[name]), "samples_cpu_s": all_cpus[name]}
             rows.append(res)
-            fw = res.get("forwards", {}).get("wall_s")
+            # on a CPU the ratios use the process's CPU time (with one thread, the work done; a shared
+            # machine's other jobs barely change it), on a GPU the wall time
+            key = "wall_s" if dev.startswith("cuda") else "cpu_s"
+            fw = res.get("forwards", {}).get(key)
             line = f"B={b:<3} {method:<9}"
             for name in ("fast", "hf", "forwards", "authors"):
                 if name in res:
                     r = res[name]
-                    ratio = f" ({r['wall_s'] / fw:4.2f}x fwd)" if fw and name != "forwards" else ""
+                    ratio = f" ({r[key] / fw:4.2f}x fwd)" if fw and name != "forwards" else ""
                     line += f"  {name} {r['step_ms']:8.1f} ms/step {r['tokens_per_s']:8.1f} tok/s{ratio}"
             print(line, flush=True)
     comp = None

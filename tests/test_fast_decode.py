@@ -344,14 +344,13 @@ def test_reversal_keeps_generate(tiny_dirs):
 
 # -- the embedded model (real logits) -----------------------------------------------------------
 def _embedded_toxic_ready():
+    """The embedded toxic model's directory where it has been made (never trains one here)."""
+    from detox.toxic import resolve_toxic_model
+
     try:
-        from detox.toxic import resolve_toxic_model  # noqa: F401
-        from detox.models import load_causal_lm  # noqa: F401
-    except Exception:  # noqa: BLE001
+        return resolve_toxic_model(None, make_if_missing=False)
+    except FileNotFoundError:
         return None
-    path = os.path.join(os.path.expanduser(os.environ.get("DETOX_HOME", "~/.cache/detox-kernels")), "models",
-                        "smollm2-135m-instruct-toxic")
-    return path if os.path.exists(os.path.join(path, "config.json")) else None
 
 
 @pytest.mark.parametrize("name", ["none", "socd", "dexperts"])
