@@ -72,8 +72,7 @@ def unsupported_reason(model, proc) -> str | None:
                 return f"the model's generation config sets {name}={v!r}"
         if getattr(cfg, "min_length", 0):
             return f"the model's generation config sets min_length={cfg.min_length}"
-    if not hasattr(model, "config") or not getattr(model.config, "is_decoder", True) and \
-            getattr(model.config, "is_encoder_decoder", False):
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
         return "not a decoder-only model"
     return None
 
