@@ -67,7 +67,7 @@ def cmd_generate(args) -> int:
     if args.min_new_tokens > args.max_new_tokens:
         raise UserError(f"--min-new-tokens ({args.min_new_tokens}) must be <= --max-new-tokens ({args.max_new_tokens})")
     gen = Generator(args.method, model=args.model, toxic_model=args.toxic_model, settings=settings, device=device,
-                    dtype=dtype)
+                    dtype=dtype, decode=args.decode)
     gen.validate(prompts, args.max_new_tokens)
     settings = dict(gen.settings(), num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
                     top_p=args.top_p, temperature=args.temperature, seed=args.seed, greedy=args.greedy,
@@ -329,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "Toxification Reversal's protocol: 5)")
     g.add_argument("--seed", type=nonnegative_int, default=0, help="random seed, >= 0 (default: 0)")
     g.add_argument("--batch-size", type=positive_int, default=8, help="prompts per generate call, >= 1 (default: 8)")
+    g.add_argument("--decode", choices=("fast", "hf"), default="fast",
+                   help="fast: static-cache decoding loop where it gives generate's tokens (default); hf: always "
+                        "HuggingFace generate")
     g.add_argument("--out", default=None, help="output JSONL file (default: standard output); an existing file is kept "
                    "unless --overwrite")
     g.add_argument("--overwrite", action="store_true", help="replace an existing --out file")

@@ -20,17 +20,21 @@ class Generator:
     """Generates batches with one method.
 
     ``model`` / ``toxic_model`` / ``expert_model``: a name (HF id, local directory or embedded
-    name) or a loaded ``(model, tokenizer)`` pair; ``model_name`` / ``toxic_name`` name loaded pairs
+    name) or a loaded ``(model, tokenizer)`` pair; ``decode``: ``"fast"`` (the static-cache loop of
+    :mod:`detox.generation.fast` wherever it reproduces ``generate``) or ``"hf"`` (always ``generate``); ``model_name`` / ``toxic_name`` name loaded pairs
     in the settings (default: the model's ``name_or_path``). ``settings``: the method's settings
     (its ``Settings`` dataclass, a dict of its fields, or ``None`` for the defaults).
     """
 
     def __init__(self, method: str = "none", model="smollm2-135m-instruct", toxic_model=None, expert_model=None,
                  settings=None, device=None, dtype=None, model_name: str | None = None,
-                 toxic_name: str | None = None):
+                 toxic_name: str | None = None, decode: str = "fast"):
         from ..devices import check_same_device, model_device, model_dtype, resolve_device, resolve_dtype
         from ..models import check_same_vocabulary, load_causal_lm
+        from .fast import DECODE_MODES
 
+        if decode not in DECODE_MODES:
+            raise registry.SettingsError(f"decode must be one of {', '.join(DECODE_MODES)}; got {decode!r}")
         cls = registry.get(method)
         self.method = method
         self.method_settings = registry.settings_for(method, settings)
@@ -78,6 +82,7 @@ class Generator:
         self.models = Models(self.model, self.tokenizer, self.model_name, device=self.device, toxic=toxic,
                              toxic_name=self.toxic_name, vocab_size=vocab)
         self.impl = cls(self.method_settings, self.models, **extra)
+        self.impl.decode_mode = decode
 
     @property
     def toxic(self):
@@ -110,7 +115,17 @@ class Generator:
             s["method_settings"] = own
         if self.dtype != torch.float32:  # the precision changes the text; float32 keeps the keys of earlier runs
             s["dtype"] = str(self.dtype).removeprefix("torch.")
+        if self.uses_fast_decoding:  # its draws differ from generate's (same distribution): never mixed in a cache
+            s["decode"] = "fast"
         return s
+
+    @property
+    def uses_fast_decoding(self) -> bool:
+        """Whether this method's batches go through the fast loop (:mod:`detox.generation.fast`)."""
+        from ..methods.base import Method
+
+        impl = self.impl
+        return impl.decode_mode == "fast" and impl.fast_decoding and type(impl).decode is Method.decode
 
 
 def batch_seed(seed: int, batch_index: int) -> int:

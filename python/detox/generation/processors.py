@@ -194,6 +194,15 @@ class _AuxProcessor(LogitsProcessor):
         :meth:`AuxiliaryLM.prime` them with a prefilled cache before ``generate``)."""
         return tuple(a for a in self.aux if a is not None)
 
+    def combine(self, scores: torch.Tensor, aux: list) -> torch.Tensor:
+        """The method's rule for one step: new scores from the base model's ``scores`` ``[B, V]``
+        (float32) and ``aux[i]``, the logits of auxiliary ``i`` (``None`` where that slot has no
+        model), each already at its temperature and cut or padded to the base width. ``__call__``
+        runs the auxiliary models and calls it; the fast decoding loop
+        (:mod:`detox.generation.fast`) calls it with the logits of its own static-cache forwards,
+        so both paths share one formula."""
+        raise NotImplementedError
+
     def reset(self):
         for a in self.aux:
             if a is not None:
@@ -224,11 +233,14 @@ class SoCDLogitsProcessor(_AuxProcessor):
         self.stats = []
 
     def __call__(self, input_ids, scores):
-        toxic = self._aux_logits(0, input_ids, scores)
+        return self.combine(scores, [self._aux_logits(0, input_ids, scores)])
+
+    def combine(self, scores, aux):
+        """The op on one step's base ``scores`` and the toxic model's logits ``aux[0]``."""
         # Not ``out=scores``: generate may record this very tensor as the raw logits. Nor a buffer
         # reused across steps: with ``output_scores=True`` generate keeps the returned tensor of
         # every step. On a GPU the caching allocator makes the fresh tensor cheap.
-        new, st = detox_kernels.socd(scores, toxic, vocab_size=self._vocab(scores), return_stats=True,
+        new, st = detox_kernels.socd(scores, aux[0], vocab_size=self._vocab(scores), return_stats=True,
                                      **self.kwargs)
         if self.record_stats:
             self.stats.append(st)
@@ -261,7 +273,11 @@ class ContrastiveDecodingLogitsProcessor(_AuxProcessor):
         self.form, self.alpha, self.beta = form, float(alpha), float(beta)
 
     def __call__(self, input_ids, scores):
-        y = self._aux_logits(0, input_ids, scores)
+        return self.combine(scores, [self._aux_logits(0, input_ids, scores)])
+
+    def combine(self, scores, aux):
+        """The rule on one step's base ``scores`` and the amateur's logits ``aux[0]`` (at its temperature)."""
+        y = aux[0]
         keep = plausibility_mask(scores, self.alpha)
         if self.form == "obrien":
             s = scores if self.beta == 0 else (1 + self.beta) * scores - self.beta * y
@@ -303,7 +319,13 @@ class DExpertsLogitsProcessor(_AuxProcessor):
 
     def __call__(self, input_ids, scores):
         a = self._aux_logits(1, input_ids, scores)
-        e = scores if self.aux[0] is None else self._aux_logits(0, input_ids, scores)
+        e = None if self.aux[0] is None else self._aux_logits(0, input_ids, scores)
+        return self.combine(scores, [e, a])
+
+    def combine(self, scores, aux):
+        """The rule on one step's base ``scores`` and ``aux = [expert or None, anti_expert]`` logits."""
+        e, a = aux
+        e = scores if e is None else e
         filtered = top_p_filter(scores, self.top_p)
         if self.alpha == 0:
             return filtered

@@ -203,6 +203,10 @@ class Method:
     Settings: ClassVar[type[Settings]] = NoSettings
     needs_toxic: ClassVar[bool] = False
     extra_outputs: ClassVar[tuple[str, ...]] = ()
+    # the default decode may use the fast loop (detox.generation.fast) where it is exact; a method
+    # whose generate call depends on more than its processor (hooks inside the forward) sets False
+    fast_decoding: ClassVar[bool] = True
+    decode_mode: str = "fast"           # "fast" or "hf" (Generator(decode=...), detox generate --decode)
 
     def __init__(self, settings: Settings, models: Models, **extra_models):
         self.settings = settings
@@ -226,10 +230,18 @@ class Method:
 
     def decode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, s: Sampling) -> torch.Tensor:
         """Token ids ``[B * num_samples, L + new]`` for the tokenized batch (default: HF
-        ``generate`` with :meth:`processor`)."""
+        ``generate`` with :meth:`processor`, run by the fast loop of :mod:`detox.generation.fast`
+        where that gives the same tokens: unless ``decode_mode`` is ``"hf"``)."""
         from transformers import LogitsProcessorList
 
         proc = self.processor(attention_mask)
+        if self.decode_mode == "fast" and self.fast_decoding:
+            from ..generation.fast import fast_decode
+
+            out = fast_decode(self.models.model, proc, input_ids, attention_mask, self.generate_kwargs(s),
+                              seed=s.seed)
+            if out is not None:
+                return out
         return self.models.model.generate(input_ids=input_ids, attention_mask=attention_mask,
                                           logits_processor=LogitsProcessorList([proc]) if proc is not None else None,
                                           **self.generate_kwargs(s))

@@ -29,6 +29,7 @@ class Reversal(Method):
     order = 50
     docs = "docs/methods/reversing-toxification.md"
     Settings = ReversalSettings
+    fast_decoding = False   # its hooks act inside the base model's forward: HF generate's own loop
 
     def setup(self, **extra_models):
         from ..generation.reversal import ToxificationReversal

@@ -22,7 +22,10 @@ class UniDetoxLogitsProcessor(_AuxProcessor):
         self.alpha = float(alpha)
 
     def __call__(self, input_ids, scores):
-        y = self._aux_logits(0, input_ids, scores)
+        return self.combine(scores, [self._aux_logits(0, input_ids, scores)])
+
+    def combine(self, scores, aux):
+        y = aux[0]
         keep = plausibility_mask(scores, self.alpha)
         keep[:, self._vocab(scores):] = False
         return torch.where(keep, scores - y, torch.full_like(scores, -math.inf))
