@@ -421,8 +421,8 @@ class _no_warning:
         return self._cm.__exit__(*a)
 
 
-def test_fused_sampler_adapter_is_used_when_present(monkeypatch, models):
-    """Where detox_kernels has the fused sampling op, the loop calls it with device uniforms."""
+def test_fused_sampler_is_used(monkeypatch, models):
+    """The loop samples with the fused op, with float32 uniforms from its generator."""
     base, _, _ = models
     ids, mask = left_pad(PROMPTS)
     seen = []
@@ -431,7 +431,7 @@ def test_fused_sampler_adapter_is_used_when_present(monkeypatch, models):
         seen.append((tuple(logits.shape), uniform.dtype, top_k, top_p, temperature))
         return logits.argmax(-1)
 
-    monkeypatch.setattr(detox_kernels, "sample_top_k_top_p", fake, raising=False)
+    monkeypatch.setattr(detox_kernels, "sample_top_k_top_p", fake)
     FastDecoder(base, None, pad_token_id=PAD).run(ids, mask, do_sample=True, top_k=7, top_p=0.8, temperature=0.9,
                                                    max_new_tokens=3)
     assert seen == [((3, base.config.vocab_size), torch.float32, 7, 0.8, 0.9)] * 3

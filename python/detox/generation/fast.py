@@ -11,8 +11,8 @@ under sampling, and is faster because it does without what ``generate`` does eac
 - the method's rule is its processor's :meth:`combine` (the same code its HF processor runs),
   called once per step on the base logits and the auxiliary logits of the same step;
 - tokens are drawn on the device from one ``torch.Generator`` seeded from ``Sampling.seed``, with
-  the fused top-k/top-p sampling op where ``detox_kernels`` has it (HF's warper order:
-  temperature, top-k, top-p); no host synchronisation per token (a finished-batch check every
+  the fused top-k/top-p sampling op ``detox_kernels.sample_top_k_top_p`` (HF's warper order:
+  temperature, top-k, top-p; no sort of the vocabulary); no host synchronisation per token (a finished-batch check every
   :data:`CHECK_EVERY` steps only);
 - on CUDA, every decode step after the first (forwards, rule, sampling, bookkeeping) is captured
   once as a CUDA graph and replayed (``DETOX_CUDA_GRAPHS=0`` turns that off).
@@ -90,40 +90,22 @@ def _eos_ids(model) -> list[int]:
 
 class _Sampler:
     """Draws one token per row from ``[B, V]`` scores with HF's warpers' semantics (temperature,
-    then top-k, then top-p, then a draw from the softmax), or the argmax when not sampling.
-
-    With ``detox_kernels.sample_top_k_top_p`` (the fused op) the uniform numbers ``[B]`` come from
-    the decode's generator on the device; without it, HF's own warpers and ``torch.multinomial``
-    with the same generator."""
+    then top-k, then top-p, then a draw from the softmax: the fused op
+    ``detox_kernels.sample_top_k_top_p``, no sort of the vocabulary), or the argmax when not
+    sampling. The uniform numbers ``[B]`` come from the decode's generator on the device."""
 
     def __init__(self, *, do_sample, temperature, top_k, top_p, generator, rows, device):
         self.do_sample = bool(do_sample)
         self.temperature, self.top_k, self.top_p = float(temperature), int(top_k or 0), float(top_p)
         self.gen = generator
-        self.fused = getattr(detox_kernels, "sample_top_k_top_p", None)
         self.uniform = torch.empty(rows, dtype=torch.float32, device=device)
-        self.warpers = []
-        if self.do_sample and self.fused is None:
-            from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
-
-            if self.temperature != 1.0:
-                self.warpers.append(TemperatureLogitsWarper(self.temperature))
-            if self.top_k:
-                self.warpers.append(TopKLogitsWarper(top_k=self.top_k, min_tokens_to_keep=1))
-            if self.top_p < 1.0:
-                self.warpers.append(TopPLogitsWarper(top_p=self.top_p, min_tokens_to_keep=1))
 
     def __call__(self, scores: torch.Tensor) -> torch.Tensor:
         if not self.do_sample:
             return scores.argmax(dim=-1)
-        if self.fused is not None:
-            self.uniform.uniform_(0.0, 1.0, generator=self.gen)
-            return self.fused(scores, self.uniform, top_k=self.top_k, top_p=self.top_p,
-                              temperature=self.temperature)
-        for w in self.warpers:
-            scores = w(None, scores)
-        probs = torch.softmax(scores, dim=-1)
-        return torch.multinomial(probs, num_samples=1, generator=self.gen).squeeze(1)
+        self.uniform.uniform_(0.0, 1.0, generator=self.gen)
+        return detox_kernels.sample_top_k_top_p(scores, self.uniform, top_k=self.top_k, top_p=self.top_p,
+                                                temperature=self.temperature)
 
 
 class FastDecoder:
