@@ -10,6 +10,7 @@ import sys
 from .cli_types import (Parser, holdout_fraction, nonnegative_float, nonnegative_int, positive_float, positive_int,
                         probability, seed_list, unit_interval)
 from .errors import OutputLock, UserError, check_input_file, check_output_dir, check_output_file, one_line
+from .ray_engine import add_engine_options, engine_kwargs
 from .resumable import SettingsMismatch
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -208,7 +209,7 @@ def cmd_eval(args) -> int:
     methods = _method_list(args.methods)
     cfg = _eval_config(args, methods, args.prompts, args.limit, args.num_samples, args.seeds)
     with OutputLock(args.out, directory=True):
-        res = run_eval(cfg, args.out)
+        res = run_eval(cfg, args.out, **engine_kwargs(args))
     print()
     print(f"scorer: {res['scorer']}; prompts: {res['prompts']}")
     print(table(res))
@@ -231,7 +232,7 @@ def cmd_demo(args) -> int:
     with OutputLock(args.out, directory=True):
         if cfg.toxic_model is None and registry.needs_toxic(methods):
             cfg.toxic_model = resolve_toxic_model(None)  # made once and cached
-        res = run_eval(cfg, args.out)
+        res = run_eval(cfg, args.out, **engine_kwargs(args))
     print()
     print(f"{res['prompts']}; {args.num_samples} continuations x {args.max_new_tokens} tokens each; "
           f"scorer: {res['scorer']}")
@@ -270,6 +271,7 @@ def _add_eval_options(p, *, limit, num_samples, seeds, out, batch_size=8):
     p.add_argument("--batch-size", type=positive_int, default=batch_size,
                    help=f"prompts per generate call, >= 1 (each expanded to --num-samples rows; default: {batch_size})")
     p.add_argument("--out", default=out, help=f"output directory (default: {out})")
+    add_engine_options(p)
     _add_method_options(p)
 
 

@@ -53,6 +53,9 @@ def cmd_synthesize(args) -> int:
     check_scorer_spec(args.scorer)
     check_model_spec(args.model)
     check_model_spec(args.toxic_model, "--toxic-model")
+    from ..ray_engine import engine_kwargs
+
+    engine_kwargs(args)  # a missing Ray is one line before the prompts are read
     texts, desc = _prompts(args)
     if not texts:
         raise UserError("no prompts to synthesise from")
@@ -63,7 +66,7 @@ def cmd_synthesize(args) -> int:
           f"{cfg.num_continuations} continuations x {cfg.max_new_tokens} tokens -> {args.out}")
     with OutputLock(args.out, directory=True):
         s = synthesize(texts, args.out, model=args.model, scorer=args.scorer, cfg=cfg, toxic_model=args.toxic_model,
-                       prompt_source=desc)
+                       prompt_source=desc, **engine_kwargs(args))
     print(f"kept {s['kept']} of {s['prompts']} prompts ({s['kept_toxic_context']} toxic contexts detoxified, "
           f"{s['kept_nontoxic_context']} non-toxic); {s['with_negatives']} with negatives ({s['negatives']} in all)")
     for why, n in sorted(s["dropped"].items(), key=lambda x: -x[1]):
@@ -119,6 +122,9 @@ def add_parsers(sub) -> None:
     s.add_argument("--batch-size", type=positive_int, default=8, help="prompts per generate call (default: 8) (>= 1)")
     s.add_argument("--chunk-size", type=positive_int, default=16, help="prompts per resumable chunk (default: 16) (>= 1)")
     s.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (default: 0) (>= 0)")
+    from ..ray_engine import add_engine_options
+
+    add_engine_options(s)
     s.set_defaults(func=cmd_synthesize)
 
     t = sub.add_parser("cmd-train", help="CMD: train with the LM loss after the marker + the toxic contrastive loss",

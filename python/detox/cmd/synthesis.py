@@ -201,12 +201,28 @@ def _check_meta(out_dir: str, prompts: list[str], cfg: SynthesisConfig, model) -
     write_settings(path, meta)
 
 
+def build_synthesis(model, scorer, detector, cfg: SynthesisConfig, toxic_model=None):
+    """``(generator, mask-filling generator, scorer, detector)`` of a synthesis: the models loaded
+    once (by the process, or by each Ray actor)."""
+    from ..generation.driver import Generator
+    from ..scorers import default_scorer, load_scorer
+
+    scorer = scorer if scorer is not None and not isinstance(scorer, str) else (load_scorer(scorer) if scorer else default_scorer())
+    detector = detector or OcclusionDetector(scorer, threshold=cfg.detector_target, max_rounds=cfg.detector_max_rounds)
+    gen = Generator("none", model=model)
+    fill_gen = gen if cfg.fill_method == "none" else Generator(cfg.fill_method, model=(gen.model, gen.tokenizer),
+                                                               toxic_model=toxic_model, model_name=gen.model_name)
+    return gen, fill_gen, scorer, detector
+
+
 def synthesize(prompts: list[str], out_dir: str, *, model=None, scorer=None, detector: SpanDetector | None = None,
                cfg: SynthesisConfig | None = None, toxic_model=None, progress: bool = True, prompt_source: str = "",
-               ) -> dict:
-    """Run the synthesis (resumable); returns the summary (also written to ``out_dir``)."""
-    from ..generation.driver import Generator, batch_seed
-    from ..scorers import default_scorer, load_scorer
+               engine: str = "local", ray_workers: int | None = None, ray_address: str | None = None) -> dict:
+    """Run the synthesis (resumable); returns the summary (also written to ``out_dir``).
+
+    ``engine``: ``local`` (this process) or ``ray`` (the same chunks on Ray Data actors, see
+    :mod:`detox.eval_ray`; the same records)."""
+    from ..generation.driver import batch_seed
 
     cfg = cfg or SynthesisConfig()
     if not prompts:
@@ -215,13 +231,10 @@ def synthesize(prompts: list[str], out_dir: str, *, model=None, scorer=None, det
 
     if registry.get(cfg.fill_method).extra_outputs or cfg.fill_method == "cmd":
         raise ValueError(f"fill_method must be a decoding method other than cmd, got {cfg.fill_method!r}")
+    if engine not in ("local", "ray"):
+        raise ValueError(f"unknown engine {engine!r}; use local or ray")
     os.makedirs(out_dir, exist_ok=True)
-    scorer = scorer if scorer is not None and not isinstance(scorer, str) else (load_scorer(scorer) if scorer else default_scorer())
-    detector = detector or OcclusionDetector(scorer, threshold=cfg.detector_target, max_rounds=cfg.detector_max_rounds)
     model = model if model is not None else "smollm2-135m-instruct"
-    gen = Generator("none", model=model)
-    fill_gen = gen if cfg.fill_method == "none" else Generator(cfg.fill_method, model=(gen.model, gen.tokenizer),
-                                                               toxic_model=toxic_model, model_name=gen.model_name)
     path = os.path.join(out_dir, "records.jsonl")
     _check_meta(out_dir, prompts, cfg, model)
     done = {r["index"]: r for r in read_records(path)}
@@ -230,14 +243,36 @@ def synthesize(prompts: list[str], out_dir: str, *, model=None, scorer=None, det
     if done and chunks:
         print(f"resuming: {len(done)} of {len(prompts)} prompts already synthesised")
     t0 = time.time()
+    names = {}
     with JsonlAppender(path) as f:
-        for ci, s in tqdm(chunks, desc="cmd-synthesize", unit="chunk", disable=not progress):
-            recs = _synthesize_chunk(prompts[s:s + cfg.chunk_size], s, gen, fill_gen, scorer, detector, cfg,
-                                     batch_seed(cfg.seed, ci))
-            recs = [r for r in recs if r["index"] not in done]  # a chunk torn by a kill: append only the rest
-            f.append(recs)
-            for r in recs:
-                done[r["index"]] = r
+        if engine == "ray":
+            from ..eval_ray import sort_records, synthesize_on_ray
+
+            names = synthesize_on_ray(prompts, chunks, done, f, cfg=cfg, model=model, scorer=scorer,
+                                      detector=detector, toxic_model=toxic_model, progress=progress,
+                                      workers=ray_workers, address=ray_address)
+        else:
+            gen, fill_gen, scorer, detector = build_synthesis(model, scorer, detector, cfg, toxic_model)
+            names = {"scorer": getattr(scorer, "name", type(scorer).__name__), "model": gen.model_name,
+                     "detector": type(detector).__name__}
+            for ci, s in tqdm(chunks, desc="cmd-synthesize", unit="chunk", disable=not progress):
+                recs = _synthesize_chunk(prompts[s:s + cfg.chunk_size], s, gen, fill_gen, scorer, detector, cfg,
+                                         batch_seed(cfg.seed, ci))
+                recs = [r for r in recs if r["index"] not in done]  # a chunk torn by a kill: append only the rest
+                f.append(recs)
+                for r in recs:
+                    done[r["index"]] = r
+    if engine == "ray":
+        sort_records(path, "index")  # chunks arrive in any order: index order, as a local run writes
+    if not names:  # nothing was left to run on Ray: the names without the models
+        sc, _, _, det = scorer, None, None, detector
+        if sc is None or isinstance(sc, str):
+            from ..scorers import default_scorer, load_scorer
+
+            sc = load_scorer(sc) if sc else default_scorer()
+        names = {"scorer": getattr(sc, "name", type(sc).__name__),
+                 "model": model if isinstance(model, str) else getattr(model[0], "name_or_path", "model"),
+                 "detector": type(det).__name__ if det is not None else "OcclusionDetector"}
     recs = [done[i] for i in sorted(done) if i < len(prompts)]
     kept = [r for r in recs if r["kept"]]
     with open(os.path.join(out_dir, "train.jsonl.tmp"), "w", encoding="utf-8") as f:
@@ -252,8 +287,9 @@ def synthesize(prompts: list[str], out_dir: str, *, model=None, scorer=None, det
         "kept_nontoxic_context": sum(1 for r in kept if r["masked"] is None),
         "with_negatives": sum(1 for r in kept if r["negatives"]),
         "negatives": sum(len(r["negatives"]) for r in kept),
-        "scorer": getattr(scorer, "name", type(scorer).__name__), "model": gen.model_name,
-        "detector": type(detector).__name__, "config": asdict(cfg), "seconds_this_run": time.time() - t0,
+        "scorer": names["scorer"], "model": names["model"],
+        "detector": names["detector"], "config": asdict(cfg), "seconds_this_run": time.time() - t0,
+        "engine": engine,
     }
     write_json_atomic(os.path.join(out_dir, "summary.json"), summary)
     return summary
