@@ -14,11 +14,9 @@ import time
 
 import pytest
 
-pytest.importorskip("ray")
+from detox.cli import main
 
-from detox.cli import main  # noqa: E402
-
-from tiny_models import WORDS, tiny_llama_dir  # noqa: E402
+from tiny_models import WORDS, tiny_llama_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_PROMPTS = 21
@@ -26,6 +24,7 @@ N_PROMPTS = 21
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
+    pytest.importorskip("ray")
     root = tmp_path_factory.mktemp("evalray")
     base = tiny_llama_dir(str(root / "base"), seed=0)
     toxic = tiny_llama_dir(str(root / "toxic"), seed=1)
@@ -33,6 +32,15 @@ def tiny(tmp_path_factory):
     prompts.write_text("".join(f"{WORDS[i % 90]} {WORDS[(7 * i) % 90]} {WORDS[(3 * i + 1) % 90]}\n"
                                for i in range(N_PROMPTS)))
     return base, toxic, str(prompts), root
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny):
+    """One local 2-worker Ray instance for the runs in this process (a run joins it and leaves it up)."""
+    from detox.ray_engine import ray_session
+
+    with ray_session(2) as ray:
+        yield ray
 
 
 @pytest.fixture(autouse=True)
@@ -73,7 +81,7 @@ def local_run(tiny):
     return _files(out)
 
 
-def test_eval_ray_gives_the_same_bytes_as_local(tiny, local_run, tmp_path):
+def test_eval_ray_gives_the_same_bytes_as_local(tiny, local_run, cluster, tmp_path):
     out = tmp_path / "ray"
     assert main(_eval_argv(tiny, out, "--engine", "ray", "--ray-workers", "2")) == 0
     got = _files(out)
@@ -116,7 +124,7 @@ def _kill_when(cmd, ready, timeout=240):
             p.wait()
 
 
-def test_eval_ray_killed_mid_run_resumes_to_the_same_bytes(tiny, local_run, tmp_path):
+def test_eval_ray_killed_mid_run_resumes_to_the_same_bytes(tiny, local_run, cluster, tmp_path):
     out = tmp_path / "killed"
     gen_dir = out / "generations"
 
@@ -125,6 +133,7 @@ def test_eval_ray_killed_mid_run_resumes_to_the_same_bytes(tiny, local_run, tmp_
         return sum(_lines(gen_dir / f) for f in files) >= 8
 
     argv = _eval_argv(tiny, out, "--engine", "ray", "--ray-workers", "2")
+    # the killed driver started its own local Ray instance (the cluster fixture's is not shared across processes)
     assert _kill_when([sys.executable, "-m", "detox.cli"] + argv, some_written), "finished before the kill"
     written = sum(_lines(gen_dir / f) for f in os.listdir(gen_dir))
     assert 8 <= written < 4 * N_PROMPTS and not (out / "results.json").exists()
@@ -146,7 +155,7 @@ def _synth_argv(tiny, out, *extra):
             "--chunk-size", "3", "--out", str(out), *extra]
 
 
-def test_cmd_synthesize_ray_gives_the_same_records_as_local(tiny, tmp_path):
+def test_cmd_synthesize_ray_gives_the_same_records_as_local(tiny, cluster, tmp_path):
     assert main(_synth_argv(tiny, tmp_path / "local")) == 0
     assert main(_synth_argv(tiny, tmp_path / "ray", "--engine", "ray", "--ray-workers", "2")) == 0
     for name in ("records.jsonl", "train.jsonl"):
@@ -162,3 +171,14 @@ def test_ray_workers_without_engine_ray_is_one_line(tiny, tmp_path, capsys):
     assert main(_eval_argv(tiny, tmp_path / "x", "--ray-workers", "2")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: --ray-workers needs --engine ray"]
+
+
+def test_engine_ray_without_ray_installed_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    p = tmp_path / "p.txt"
+    p.write_text("the water is\n")
+    for argv in (["eval", "--prompts", str(p), "--engine", "ray", "--out", str(tmp_path / "e")],
+                 ["cmd-synthesize", "--prompts", str(p), "--engine", "ray", "--out", str(tmp_path / "c")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == ["error: --engine ray needs Ray Data: pip install 'detox-kernels[ray]' (or use --engine local)"]

@@ -208,8 +208,9 @@ def cmd_eval(args) -> int:
 
     methods = _method_list(args.methods)
     cfg = _eval_config(args, methods, args.prompts, args.limit, args.num_samples, args.seeds)
+    engine = engine_kwargs(args)
     with OutputLock(args.out, directory=True):
-        res = run_eval(cfg, args.out, **engine_kwargs(args))
+        res = run_eval(cfg, args.out, **engine)
     print()
     print(f"scorer: {res['scorer']}; prompts: {res['prompts']}")
     print(table(res))
@@ -227,12 +228,13 @@ def cmd_demo(args) -> int:
     t0 = time.time()
     methods = _method_list(args.methods)
     cfg = _eval_config(args, methods, args.prompts, args.limit, args.num_samples, [args.seed])
+    engine = engine_kwargs(args)
     print("detox demo: SoCD and the contrastive baselines against plain sampling, on real toxic prompts, "
           "with the embedded models (fetched and cached on first run).")
     with OutputLock(args.out, directory=True):
         if cfg.toxic_model is None and registry.needs_toxic(methods):
             cfg.toxic_model = resolve_toxic_model(None)  # made once and cached
-        res = run_eval(cfg, args.out, **engine_kwargs(args))
+        res = run_eval(cfg, args.out, **engine)
     print()
     print(f"{res['prompts']}; {args.num_samples} continuations x {args.max_new_tokens} tokens each; "
           f"scorer: {res['scorer']}")

@@ -7,8 +7,8 @@ seed, generated with the seed ``batch_seed(seed, shard index)`` (never anything 
 then scored and, where the perplexity cache is missing, its per-sample NLL computed, all by the
 same actor. The local engine scores and computes NLL shard by shard too, so both engines give the
 same numbers to the bit (with the same torch thread count on CPU: ``OMP_NUM_THREADS``, default 1 in
-the actors). First a small job asks one actor per method for the method's resolved settings (they
-make the generation file's name, so the driver knows what is cached); then one job runs every
+the actors). First a small job asks one actor for the methods' resolved settings (they make the
+generation files' names, so the driver knows what is cached); then one job runs every
 shard still to do. The driver writes each shard's records to the same resumable generation file as
 the local engine as soon as it arrives (appended and fsync'd; a killed run redoes only the shards
 not written), and when all are in, puts the file in prompt order (one atomic rewrite, so the file
@@ -114,10 +114,10 @@ class EvalActor:
         from .harness import generate_shard, shard_nll, shard_scores
 
         if "probe" in item:
-            g = self.gen(item["probe"])
             s = self.scorer()
-            return {"probe": item["probe"], "settings": g.settings(), "toxic": g.toxic is not None,
-                    "scorer": getattr(s, "name", type(s).__name__)}
+            return {"scorer": getattr(s, "name", type(s).__name__),
+                    "methods": {m: {"settings": self.gen(m).settings(), "toxic": self.gen(m).toxic is not None}
+                                for m in item["probe"]}}
         m, seed, bi, start, prompts = item["method"], item["seed"], item["bi"], item["start"], item["prompts"]
         t0 = time.perf_counter()
         recs = None
@@ -168,9 +168,10 @@ class RayRuns:
         self._settings, self._runs = {}, {}
         timing = {"generate": 0.0, "score": 0.0, "ppl": 0.0}
         with ray_session(workers, address) as ray:
-            probes = {r["probe"]: r for r in map_actors([{"probe": m} for m in cfg.methods], EvalActor, ctor,
-                                                        workers=workers)}
-            self.scorer_name = probes[cfg.methods[0]]["scorer"]
+            t_up = time.time()
+            # one actor: loading the models once is all the probe costs
+            (probe,) = map_actors([{"probe": cfg.methods}], EvalActor, ctor, workers=1)
+            self.scorer_name, probes = probe["scorer"], probe["methods"]
             files, items, state = {}, [], {}
             for m in cfg.methods:
                 self._settings[m] = probes[m]["settings"]
@@ -200,6 +201,7 @@ class RayRuns:
                     state[(m, seed)] = {"done": done, "scores": {}, "nll": {}, "cached_nll": cached_nll,
                                         "ppl_path": ppl_path}
             appenders = {}
+            t_probe = time.time()
             bar = tqdm(total=len(items), desc="eval (ray)", unit="shard", disable=not progress)
             try:
                 for r in map_actors(items, EvalActor, ctor, workers=workers):
@@ -222,6 +224,7 @@ class RayRuns:
                 bar.close()
                 for a in appenders.values():
                     a.close()
+            t_work = time.time()
             n_workers = workers or _default_workers(ray)
         for k, path in files.items():
             st = state[k]
@@ -239,7 +242,8 @@ class RayRuns:
         self.run_info = {"workers": n_workers, "shards": len(items),
                          "shards_generated": sum(1 for it in items if it["conts"] is None),
                          "address": address or os.environ.get("RAY_ADDRESS") or "local",
-                         "ray_seconds": time.time() - t0, "actor_seconds": timing}
+                         "ray_seconds": time.time() - t0, "start_seconds": t_up - t0, "probe_seconds": t_probe - t_up,
+                         "work_seconds": t_work - t_probe, "actor_seconds": timing}
 
     def settings(self, method: str) -> dict:
         return self._settings[method]

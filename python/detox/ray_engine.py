@@ -68,11 +68,12 @@ def cluster_address(address: str | None = None) -> str | None:
 
 
 def default_workers() -> int:
-    """Actors when ``--ray-workers`` is not given: one per GPU of the cluster, else one per CPU."""
+    """Actors when ``--ray-workers`` is not given: one per GPU of the cluster, else one per CPU but
+    one (left to Ray Data's own tasks)."""
     import ray
 
     res = ray.cluster_resources()
-    return int(res.get("GPU", 0)) or max(1, int(res.get("CPU", 1)))
+    return int(res.get("GPU", 0)) or max(1, int(res.get("CPU", 1)) - 1)
 
 
 def cluster_gpus() -> int:
