@@ -12,7 +12,9 @@ Output directory:
                                                another scorer or metric reuses it, and an
                                                interrupted run continues after its last batch
     ppl/<generation file>-<ppl model hash>.json  cached per-sample NLL of the continuations
-    results.json    every metric per method (mean, std, per seed), configuration, versions
+    results.json    every metric per method (mean, std, per seed), configuration, versions (the
+                    same bytes from a rerun and from either engine)
+    run.json        the engine and the wall time of the last run
     report.md       the table (and the scorer, variants, dropped-PPL counts)
     toxicity_vs_perplexity.png, max_toxicity_distribution.png
 """
