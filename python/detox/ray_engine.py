@@ -166,7 +166,7 @@ def add_engine_options(p) -> None:
                    help="local: this process; ray: Ray Data actors, one per GPU (else per CPU worker), on the "
                         "cluster at RAY_ADDRESS or a local one; the same output (default: local)")
     p.add_argument("--ray-workers", type=positive_int, default=None,
-                   help="--engine ray: actors, >= 1 (default: the cluster's GPUs, else its CPUs)")
+                   help="--engine ray: actors, >= 1 (default: one per GPU of the cluster, else one per CPU but one)")
 
 
 def engine_kwargs(args) -> dict:
