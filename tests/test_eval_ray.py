@@ -169,6 +169,11 @@ def test_cmd_synthesize_ray_gives_the_same_records_as_local(tiny, cluster, tmp_p
     a, b = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("local", "ray"))
     assert b["engine"] == "ray" and {k: v for k, v in a.items() if k not in ("seconds_this_run", "engine")} == \
         {k: v for k, v in b.items() if k not in ("seconds_this_run", "engine")}
+    # a rerun of the finished synthesis has nothing to send to Ray and reports the same
+    assert main(_synth_argv(tiny, tmp_path / "ray", "--engine", "ray", "--ray-workers", "2")) == 0
+    c = json.loads((tmp_path / "ray" / "summary.json").read_text())
+    assert {k: v for k, v in c.items() if k != "seconds_this_run"} == {k: v for k, v in b.items()
+                                                                       if k != "seconds_this_run"}
 
 
 def test_ray_workers_without_engine_ray_is_one_line(tiny, tmp_path, capsys):

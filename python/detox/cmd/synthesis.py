@@ -265,7 +265,7 @@ def synthesize(prompts: list[str], out_dir: str, *, model=None, scorer=None, det
     if engine == "ray":
         sort_records(path, "index")  # chunks arrive in any order: index order, as a local run writes
     if not names:  # nothing was left to run on Ray: the names without the models
-        sc, _, _, det = scorer, None, None, detector
+        sc, det = scorer, detector
         if sc is None or isinstance(sc, str):
             from ..scorers import default_scorer, load_scorer
 
