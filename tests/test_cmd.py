@@ -378,3 +378,43 @@ def test_cli_help_and_bad_data(tmp_path, capsys):
     (tmp_path / "train.jsonl").write_text('{"text": "hello", "positive": "x"}\n')
     with pytest.raises(ValueError, match="not a CMD chain"):
         load_cmd_data(str(tmp_path))
+
+
+def test_lora_targets_follow_the_architecture_and_can_be_given():
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    from detox.cmd.trainer import lora_targets
+    from detox.errors import UserError
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2, n_positions=32))
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1))
+    assert lora_targets(gpt2) == ["c_attn"]  # the authors' CMD code
+    assert lora_targets(llama) == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert lora_targets(gpt2, ("c_attn", "c_proj")) == ["c_attn", "c_proj"]
+    assert lora_targets(llama, "q_proj") == ["q_proj"]
+    with pytest.raises(UserError, match=r"--lora-targets q_proj: no such module in GPT2LMHeadModel; its linear "
+                                        r"modules are c_attn, c_proj, c_fc"):
+        lora_targets(gpt2, ["q_proj"])
+
+
+def test_cmd_lora_training_on_a_tiny_gpt2(cmd_run, tmp_path):
+    """GPT-2, the authors' model: LoRA lands on c_attn (peft failed on the Llama names before)."""
+    from dataclasses import replace
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from detox.cmd.trainer import train_cmd
+
+    tok = AutoTokenizer.from_pretrained(cmd_run["base"])
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=512,
+                                       pad_token_id=0, bos_token_id=1, eos_token_id=2)).eval()
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = replace(cmd_run["tcfg"], steps=2, save_steps=10, lora=True, lr=5e-2)
+    out = train_cmd(str(cmd_run["root"] / "synth"), (model, tok), str(tmp_path / "gpt2"), cfg, progress=False)
+    rec = json.load(open(os.path.join(out, "cmd_training.json")))
+    assert rec["config"]["lora_target_modules"] == ["c_attn"]
+    got = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    changed = {k for k in base if k in got and not torch.equal(got[k], base[k])}
+    assert changed and all(".attn.c_attn." in k for k in changed)  # merged LoRA: only c_attn moved

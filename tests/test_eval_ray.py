@@ -191,3 +191,29 @@ def test_engine_ray_without_ray_installed_is_one_line(tmp_path, capsys, monkeypa
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert err == ["error: --engine ray needs Ray Data: pip install 'detox-kernels[ray]' (or use --engine local)"]
+
+
+def test_eval_ray_bfloat16_gives_the_same_bytes_and_keys_as_local(tiny, local_run, cluster, tmp_path):
+    """--dtype goes to the actors, which load the models in it; the dtype is in the generation and
+    PPL cache keys as in a local run, and results.json records the actors' device and dtype."""
+    argv = ["--dtype", "bfloat16", "--device", "cpu"]
+    assert main(_eval_argv(tiny, tmp_path / "local16", *argv)) == 0
+    assert main(_eval_argv(tiny, tmp_path / "ray16", *argv, "--engine", "ray", "--ray-workers", "2")) == 0
+    a, b = _files(tmp_path / "local16"), _files(tmp_path / "ray16")
+    assert sorted(a) == sorted(b)
+    for name in a:
+        assert a[name] == b[name], name
+    # other cache entries than float32's: the dtype is in both keys
+    assert not set(a) & set(local_run) - {"results.json"}
+    res = json.loads(b["results.json"])
+    assert res["device"] == "cpu" and res["dtype"] == "bfloat16" and res["config"]["dtype"] == "bfloat16"
+    assert all(r["settings"]["dtype"] == "bfloat16" for r in res["methods"].values())
+    res32 = json.loads(local_run["results.json"])
+    assert res32["dtype"] == res32["config"]["dtype"] == "float32" and res32["config"]["device"] == "cpu"
+
+
+def test_eval_ray_device_cuda_on_a_cluster_without_gpus_is_one_line(tiny, cluster, tmp_path, capsys):
+    assert main(_eval_argv(tiny, tmp_path / "cuda", "--device", "cuda", "--engine", "ray")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --device cuda: the Ray cluster has no GPUs (use --device cpu or auto)"]
+    assert not (tmp_path / "cuda" / "generations").exists()

@@ -17,8 +17,8 @@ from detox_kernels.reference.reversal import reverse_toxification_reference
 from tiny_models import tiny_tokenizer
 
 PROMPTS = ["you are such a stupid", "the kind people of the water", "hate"]
-NEG = "idiot stupid hate kill damn ugly dumb"  # words of the tiny tokenizer's vocabulary
-POS = "nice kind good happy"
+NEG = "idiot stupid hate kill damn ugly dumb "  # words of the tiny tokenizer's vocabulary
+POS = "nice kind good happy "
 
 
 def _tiny(arch: str, seed: int = 0):
@@ -301,7 +301,8 @@ def test_cli_generate_reversal(tmp_path, capsys):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 2 and all(r["method"] == "reversal" for r in rows)
     s = rows[0]["settings"]["method_settings"]
-    assert s == {"layers": [1], "norm_exp": 0.5, "sim_exp": 0.6, "renorm": False, "neg_prefix": NEG, "pos_prefix": ""}
+    assert s == {"layers": [1], "norm_exp": 0.5, "sim_exp": 0.6, "renorm": False, "neg_prefix": NEG, "pos_prefix": "",
+                 "read_layout": "prefix+prompt"}
     capsys.readouterr()
     assert main(argv[:-2] + ["--reversal-layers", "9", "--out", str(tmp_path / "other.jsonl")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the model's loading bar
@@ -309,3 +310,78 @@ def test_cli_generate_reversal(tmp_path, capsys):
     assert not (tmp_path / "other.jsonl").exists()  # nothing written on an error
     assert main(argv) == 2 and "exists: pass --overwrite" in capsys.readouterr().err
     assert main(argv + ["--overwrite"]) == 0
+
+
+def _smollm2_tok_tiny_model():
+    """The embedded SmolLM2 tokenizer with a tiny random Llama of its vocabulary (the layout of the
+    read pass depends on the tokenizer only)."""
+    import transformers as T
+
+    from detox.models import load_tokenizer
+
+    tok = load_tokenizer("smollm2-135m-instruct", quiet=True)
+    cfg = T.LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+                        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    model = T.LlamaForCausalLM(cfg).eval()
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model, tok
+
+
+def test_read_pass_tokenises_prefix_and_prompt_together_and_e_neg_is_at_the_colon():
+    """The authors' layout (cooperleong00/ToxificationReversal, run_generation.py): each read-pass
+    row is ``tokenizer(prefix + prompt)`` -- with SmolLM2's tokenizer ``[..., ':', ' So']``, not a lone
+    space token followed by ``'So'`` -- and ``e_neg`` is the head output at the ':' that ends the
+    negative prefix (the first ':' of the row). Checked on the ids the read pass's forward really
+    gets and on the captured head outputs."""
+    from detox.generation.reversal import POS_PREFIX
+
+    model, tok = _smollm2_tok_tiny_model()
+    prompts = ["So I said to him", "You are a"]
+    rev = ToxificationReversal(model, tok, backend="cpu")
+    seen = []
+
+    def grab(mod, args, kwargs):
+        if rev._mode == "capture":
+            seen.append((kwargs["input_ids"].clone(), kwargs["attention_mask"].clone()))
+
+    h = model.base_model.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        enc = tok(prompts, return_tensors="pt", padding=True)
+        with torch.no_grad(), rev.active(prompts=prompts):
+            model.generate(**enc, max_new_tokens=2, do_sample=False)
+        with torch.no_grad(), rev.active():  # without the texts: decoded from generate's prompt tokens
+            model.generate(**enc, max_new_tokens=2, do_sample=False)
+    finally:
+        h.remove()
+    ids, mask = seen[0]
+    again = [s for s in seen[1:] if s[0].shape[1] > 1]
+    assert torch.equal(again[0][0], ids) and torch.equal(again[0][1], mask)
+    rows = [POS_PREFIX + p for p in prompts] + [NEG_PREFIX + p for p in prompts]
+    for r, text in enumerate(rows):
+        got = ids[r][mask[r].bool()].tolist()
+        assert got == tok(text)["input_ids"]  # the one string, tokenised once
+    neg_so = ids[2][mask[2].bool()].tolist()
+    pieces = [tok.decode([t]) for t in neg_so]
+    i = pieces.index(":")
+    assert pieces[i + 1] == " So" and " " not in pieces  # the prompt keeps its leading space; no lone space
+    # e_neg: the negative prefix up to its ':' (where the authors read it), the last token of neg_ids
+    colon = tok(NEG_PREFIX.strip())["input_ids"][-1]
+    assert tok.decode([colon]) == ":"
+    assert rev.neg_ids[0].tolist() == neg_so[:neg_so.index(colon) + 1]
+    # ... and its value is the head output at that ':' of the full read-pass row
+    sites, hh, d = find_head_output_sites(model)
+    got_o = {}
+    hs = [sites[k].module.register_forward_pre_hook(lambda m, a, k=k: got_o.__setitem__(k, a[0][0].clone()))
+          for k in rev.layers]
+    try:
+        with torch.no_grad():
+            model.base_model(input_ids=torch.tensor([neg_so]), use_cache=False)
+    finally:
+        for x in hs:
+            x.remove()
+    for k in rev.layers:
+        torch.testing.assert_close(rev.e_neg[k], got_o[k][neg_so.index(colon)].view(hh, d), atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(rev.e_neg[k], got_o[k][neg_so.index(colon) + 1].view(hh, d))
+

@@ -117,7 +117,7 @@ def test_fit_subspace_on_a_tiny_model_matches_dense_embeddings(tmp_path):
     from detox.sasa import Labelled
 
     data = Labelled(texts=toxic + clean, labels=[1] * 6 + [0] * 6)
-    sub = fit_subspace(model, tok, data, model_name=d, batch_size=5, holdout=0.0, progress=False)
+    sub = fit_subspace(model, tok, data, model_name=d, batch_size=5, holdout=0.0, progress=False, shrinkage=0.0)
     h = embed(model, tok, data.texts)
     # embedding = the hidden state at the last real token, whatever the padding
     one = embed(model, tok, [data.texts[0]])
@@ -125,5 +125,57 @@ def test_fit_subspace_on_a_tiny_model_matches_dense_embeddings(tmp_path):
     w, m = fit_dense(h, data.labels)
     torch.testing.assert_close(sub.direction.double(), w, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(sub.midpoint.double(), m, atol=1e-5, rtol=1e-5)
-    sub2 = fit_subspace(model, tok, data, model_name=d, batch_size=4, holdout=0.34, progress=False)
+    sub2 = fit_subspace(model, tok, data, model_name=d, batch_size=4, holdout=0.34, progress=False, shrinkage=0.0)
     assert sub2.info["heldout_n"] == 4 and 0 <= sub2.info["heldout_accuracy"] <= 1
+
+
+def test_automatic_shrinkage_is_chosen_on_the_training_split_only(tmp_path):
+    """shrinkage=None: every grid value is fitted on the training texts outside the validation
+    part and scored on that part; the best (ties: the smallest) is refitted on the whole training
+    split. The held-out texts never influence it: other held-out texts change nothing."""
+    import random
+
+    from transformers import AutoModelForCausalLM
+
+    from detox.sasa import SHRINKAGE_GRID, Labelled, embed
+    from tiny_models import WORDS, tiny_llama_dir, tiny_tokenizer
+
+    d = tiny_llama_dir(str(tmp_path / "m"), 0)
+    model, tok = AutoModelForCausalLM.from_pretrained(d).eval(), tiny_tokenizer()
+    rng = random.Random(0)
+    words = [w for w in WORDS if w.isalpha()]
+    bad = words[:len(words) // 2]
+    texts = [" ".join(rng.choice(bad if i % 2 else words) for _ in range(5)) for i in range(60)]
+    labels = [i % 2 for i in range(60)]
+    data = Labelled(texts=texts, labels=labels)
+    sub = fit_subspace(model, tok, data, model_name=d, batch_size=7, holdout=0.2, progress=False, shrinkage=None)
+    info = sub.info
+    chosen = info["shrinkage"]
+    acc = info["shrinkage_chosen_by"]["accuracy"]
+    assert set(acc) == {str(s) for s in SHRINKAGE_GRID} and info["shrinkage_chosen_by"]["validation_n"] == 10
+    best = max(acc.values())
+    assert acc[str(chosen)] == best and all(float(k) >= chosen for k, v in acc.items() if v == best)
+    # the final fit is the dense fit of all 48 training texts with the chosen shrinkage
+    held = {i for i in range(60) if i not in _training_indices(data, 0.2, 0)}
+    train = [i for i in range(60) if i not in held]
+    h = embed(model, tok, [texts[i] for i in train])
+    w, m = fit_dense(h, [labels[i] for i in train], shrinkage=chosen)
+    torch.testing.assert_close(sub.direction.double(), w, atol=1e-4, rtol=1e-4)
+    # other held-out texts (the split depends on the labels only) change neither the choice nor the fit
+    other = [" ".join(rng.choice(words) for _ in range(7)) if i in held else t for i, t in enumerate(texts)]
+    flipped = Labelled(texts=other, labels=labels)
+    sub_f = fit_subspace(model, tok, flipped, model_name=d, batch_size=7, holdout=0.2, progress=False, shrinkage=None)
+    assert sub_f.info["shrinkage_chosen_by"] == info["shrinkage_chosen_by"]
+    torch.testing.assert_close(sub_f.direction, sub.direction)
+
+
+def _training_indices(data, holdout, seed):
+    import random
+
+    idx = list(range(len(data.texts)))
+    random.Random(seed).shuffle(idx)
+    train = []
+    for c in (0, 1):
+        cls = [i for i in idx if data.labels[i] == c]
+        train += cls[int(round(holdout * len(cls))):]
+    return set(train)

@@ -7,8 +7,9 @@ import json
 import os
 import sys
 
-from .cli_types import (Parser, holdout_fraction, nonnegative_float, nonnegative_int, positive_float, positive_int,
-                        probability, seed_list, unit_interval)
+from .devices import add_device_options, device_dtype_from_args
+from .cli_types import (Parser, auto_or_nonnegative_float, holdout_fraction, nonnegative_float, nonnegative_int,
+                        positive_float, positive_int, probability, seed_list, unit_interval)
 from .errors import OutputLock, UserError, check_input_file, check_output_dir, check_output_file, one_line
 from .ray_engine import add_engine_options, engine_kwargs
 from .resumable import SettingsMismatch
@@ -54,6 +55,7 @@ def cmd_generate(args) -> int:
     if args.out:
         check_output_file(args.out, overwrite=args.overwrite, inputs=[args.prompts])
     _check_models(args, "model", "toxic_model")
+    device, dtype = device_dtype_from_args(args)
     settings = _method_settings(args, [args.method])[args.method]
     if args.prompt is not None:
         if not args.prompt.strip():
@@ -63,10 +65,14 @@ def cmd_generate(args) -> int:
         prompts = [p.text for p in read_prompts(args.prompts, limit=args.limit, seed=args.seed)]
     if not prompts:
         raise UserError(f"no prompts in {args.prompts}")
-    gen = Generator(args.method, model=args.model, toxic_model=args.toxic_model, settings=settings)
+    if args.min_new_tokens > args.max_new_tokens:
+        raise UserError(f"--min-new-tokens ({args.min_new_tokens}) must be <= --max-new-tokens ({args.max_new_tokens})")
+    gen = Generator(args.method, model=args.model, toxic_model=args.toxic_model, settings=settings, device=device,
+                    dtype=dtype)
     gen.validate(prompts, args.max_new_tokens)
     settings = dict(gen.settings(), num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
-                    top_p=args.top_p, temperature=args.temperature, seed=args.seed, greedy=args.greedy)
+                    top_p=args.top_p, temperature=args.temperature, seed=args.seed, greedy=args.greedy,
+                    top_k=args.top_k, min_new_tokens=args.min_new_tokens)
     # written under a temporary name and renamed when complete: an interrupted run leaves no half file
     part = f"{args.out}.part" if args.out else None
     lock = OutputLock(args.out) if args.out else None
@@ -83,7 +89,7 @@ def cmd_generate(args) -> int:
             chunk = prompts[start:start + bs]
             res = gen.run_batch(chunk, num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
                                 top_p=args.top_p, temperature=args.temperature, do_sample=not args.greedy,
-                                seed=batch_seed(args.seed, bi))
+                                top_k=args.top_k, min_new_tokens=args.min_new_tokens, seed=batch_seed(args.seed, bi))
             for i, (p, conts) in enumerate(zip(chunk, res.texts)):
                 for j, c in enumerate(conts):
                     extras = {_singular(k): v[i][j] for k, v in res.extras.items()}  # CMD: "chain"
@@ -118,11 +124,13 @@ def cmd_train_toxic(args) -> int:
     if args.out is not None:
         check_output_dir(args.out)
     _check_models(args, "model")
+    device, dtype = device_dtype_from_args(args, training=True)
 
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, max_length=args.max_length, lr=args.lr,
                       lora=args.lora, lora_r=args.lora_r, lora_alpha=args.lora_alpha, save_every=args.save_every,
                       seed=args.seed)
-    path = make_toxic_model(base=args.model, data=args.data, out=args.out, cfg=cfg, text_field=args.text_field)
+    path = make_toxic_model(base=args.model, data=args.data, out=args.out, cfg=cfg, text_field=args.text_field,
+                            device=device, dtype=dtype)
     print(f"toxic model saved in {path}")
     return 0
 
@@ -141,12 +149,13 @@ def cmd_fit_sasa(args) -> int:
     if args.report:
         check_output_file(args.report, "--report", overwrite=True)
     _check_models(args, "model")
+    device, dtype = device_dtype_from_args(args)
     data = read_labelled(args.data, text_field=args.text_field, label_field=args.label_field,
                          score_field=args.score_field, threshold=args.threshold, toxigen_unit=args.toxigen_unit,
                          limit_per_label=args.limit_per_label, seed=args.seed)
     n1, n2 = data.counts()
     print(f"fit-sasa: {n1} non-toxic and {n2} toxic texts", file=sys.stderr)
-    model, tok = load_causal_lm(args.model)
+    model, tok = load_causal_lm(args.model, device=device, dtype=dtype)
     sub = fit_subspace(model.eval(), tok, data, model_name=args.model, batch_size=args.batch_size,
                        holdout=args.holdout, seed=args.seed, max_length=args.max_length, shrinkage=args.shrinkage,
                        embeddings_cache=args.embeddings_cache)
@@ -154,6 +163,10 @@ def cmd_fit_sasa(args) -> int:
     sub.save(out)
     i = sub.info
     acc = i.get("heldout_accuracy")
+    if "shrinkage_chosen_by" in i:
+        tried = ", ".join(f"{k}: {v:.3f}" for k, v in i["shrinkage_chosen_by"]["accuracy"].items())
+        print(f"shrinkage {i['shrinkage']} chosen by accuracy on {i['shrinkage_chosen_by']['validation_n']} training "
+              f"texts ({tried})")
     print(f"subspace of {args.model} (layer {sub.layer}, pooling {sub.pooling}, D = {i['dim']}, "
           f"{i['eigenvalues_kept']} eigenvalues kept) saved to {out}")
     if acc is not None:
@@ -176,6 +189,10 @@ def _eval_config(args, methods, prompts, limit, num_samples, seeds):
     check_output_dir(args.out)
     check_scorer_spec(args.scorer)
     _check_models(args, "model", "toxic_model", "ppl_model")
+    if getattr(args, "engine", "local") == "ray":
+        device, dtype = args.device, args.dtype  # resolved by the Ray actors, on their machines
+    else:
+        device, dtype = device_dtype_from_args(args)
     filters = {}
     if getattr(args, "min_prompt_toxicity", None) is not None:
         filters["min_toxicity"] = args.min_prompt_toxicity
@@ -186,7 +203,8 @@ def _eval_config(args, methods, prompts, limit, num_samples, seeds):
                       temperature=args.temperature, seeds=seeds, scorer=args.scorer, ppl_model=args.ppl_model,
                       batch_size=args.batch_size, threshold=args.threshold, strict=not args.inclusive,
                       ppl_variant=args.ppl_variant, dist_variant=args.dist_variant,
-                      method_settings=_method_settings(args, methods), prompt_filters=filters)
+                      method_settings=_method_settings(args, methods), prompt_filters=filters, device=str(device),
+                      dtype=str(dtype).removeprefix("torch."))
 
 
 def _method_list(text: str) -> list[str]:
@@ -268,12 +286,14 @@ def _add_eval_options(p, *, limit, num_samples, seeds, out, batch_size=8):
     p.add_argument("--inclusive", action="store_true", help="TP counts scores >= threshold (default: >)")
     p.add_argument("--ppl-variant", default="token", choices=["token", "sample"],
                    help="PPL token-weighted over the corpus (default) or mean of per-sample PPL")
-    p.add_argument("--dist-variant", default="prompt", choices=["prompt", "corpus"],
-                   help="Dist-n per prompt then averaged (default) or over the whole corpus")
+    p.add_argument("--dist-variant", default="prompt", choices=["prompt", "corpus", "words"],
+                   help="Dist-n: distinct/total n-grams per prompt then averaged (prompt, default), over the whole "
+                        "corpus (corpus), or distinct n-grams per word, per prompt then averaged (words: DExperts, HSPD)")
     p.add_argument("--batch-size", type=positive_int, default=batch_size,
                    help=f"prompts per generate call, >= 1 (each expanded to --num-samples rows; default: {batch_size})")
     p.add_argument("--out", default=out, help=f"output directory (default: {out})")
     add_engine_options(p)
+    add_device_options(p)
     _add_method_options(p)
 
 
@@ -308,11 +328,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=unit_interval, default=0.9, help="nucleus sampling top-p, in (0, 1]; 1 = no truncation (default: 0.9)")
     g.add_argument("--temperature", type=positive_float, default=1.0, help="sampling temperature, > 0 (default: 1.0; --greedy for greedy decoding)")
     g.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    g.add_argument("--top-k", type=nonnegative_int, default=0,
+                   help="sample among the k likeliest tokens only, before top-p, >= 0 (default: 0 = off; "
+                        "HuggingFace's own default, which most papers' code used, is 50)")
+    g.add_argument("--min-new-tokens", type=nonnegative_int, default=0,
+                   help="suppress EOS until this many tokens are new, >= 0, <= --max-new-tokens (default: 0; "
+                        "Toxification Reversal's protocol: 5)")
     g.add_argument("--seed", type=nonnegative_int, default=0, help="random seed, >= 0 (default: 0)")
     g.add_argument("--batch-size", type=positive_int, default=8, help="prompts per generate call, >= 1 (default: 8)")
     g.add_argument("--out", default=None, help="output JSONL file (default: standard output); an existing file is kept "
                    "unless --overwrite")
     g.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    add_device_options(g)
     _add_method_options(g)
     g.set_defaults(func=cmd_generate)
 
@@ -334,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lora-alpha", type=positive_int, default=16, help="LoRA alpha, >= 1 (default: 16)")
     t.add_argument("--save-every", type=positive_int, default=25, help="checkpoint every N >= 1 steps (default: 25)")
     t.add_argument("--seed", type=nonnegative_int, default=0, help="random seed, >= 0 (default: 0)")
+    add_device_options(t, training=True)
     t.set_defaults(func=cmd_train_toxic)
 
     f = sub.add_parser("fit-sasa", help="fit the SASA toxicity subspace of a model from labelled texts",
@@ -354,9 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ToxiGen: fit on the unique sentences of the prompt lists (default) or on whole lines")
     f.add_argument("--limit-per-label", type=positive_int, default=None, help="a seeded random subset of each class, >= 1")
     f.add_argument("--holdout", type=holdout_fraction, default=0.2, help="held-out fraction for the accuracy, in [0, 1); 0 = none (default: 0.2)")
-    f.add_argument("--shrinkage", type=nonnegative_float, default=0.0,
-                   help="ridge on the pooled covariance, Sigma + s*(tr Sigma/D)*I (default: 0, the spec's pseudo-inverse; "
-                        "use ~0.5 with few texts per hidden dimension)")
+    f.add_argument("--shrinkage", type=auto_or_nonnegative_float, default=None,
+                   help="ridge on the pooled covariance, Sigma + s*(tr Sigma/D)*I: 'auto' (default) picks it from "
+                        "0..2 by accuracy on a fifth of the training split; 0 is the paper's pseudo-inverse")
     f.add_argument("--batch-size", type=positive_int, default=32, help="texts per forward, >= 1 (default: 32)")
     f.add_argument("--max-length", type=positive_int, default=128, help="tokens per text, >= 1 (default: 128)")
     f.add_argument("--seed", type=nonnegative_int, default=0, help="split seed, >= 0 (default: 0)")
@@ -364,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--report", default=None, help="also write the fit's statistics as JSON here")
     f.add_argument("--embeddings-cache", default=None,
                    help="keep the embeddings in this file (all in memory) so that a refit does not run the model again")
+    add_device_options(f)
     f.set_defaults(func=cmd_fit_sasa)
 
     e = sub.add_parser("eval", help="toxicity benchmark: EMT, TP, PPL, Dist-n for several methods",
@@ -389,6 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .rewrite.cli import add_commands as add_rewrite_commands  # detox rewrite, detox finetune (HSPD)
 
     add_rewrite_commands(sub)
+
+    from .distill import add_command as add_unidetox_command  # detox unidetox (distillation + fine-tuning)
+
+    add_unidetox_command(sub)
     return parser
 
 

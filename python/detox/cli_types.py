@@ -61,6 +61,12 @@ def nonnegative_float(text):
     return _number(float, text, lambda v: 0 <= v < float("inf"), "a finite number >= 0")
 
 
+def auto_or_nonnegative_float(text):  # "auto" -> None
+    if str(text).strip().lower() == "auto":
+        return None
+    return _number(float, text, lambda v: 0 <= v < float("inf"), "'auto' or a finite number >= 0")
+
+
 def seed_list(text):
     parts = [t.strip() for t in text.split(",")]
     if not parts or any(not t for t in parts):

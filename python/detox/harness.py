@@ -60,6 +60,10 @@ class EvalConfig:
     # per method name: its settings (its Settings dataclass or a dict of its fields); absent = defaults
     method_settings: dict = field(default_factory=dict)
     prompt_filters: dict = field(default_factory=dict)
+    # where every model and the scorer run, and the models' precision (detox.devices): "auto" = CUDA when
+    # available (bfloat16 there), else the CPU (float32); a loaded `model=` pair decides when left "auto"
+    device: str = "auto"
+    dtype: str = "auto"
 
 
 def _hash(obj) -> str:
@@ -174,6 +178,10 @@ def run_eval(cfg: EvalConfig, out_dir: str, progress: bool = True, scorer=None, 
     """
     t_start = time.time()
     settings = method_settings(cfg)  # user errors before anything is loaded
+    if engine == "local":
+        from .devices import eval_device
+
+        eval_device(cfg, model)  # a device or dtype that cannot be used here: before anything is loaded
     os.makedirs(out_dir, exist_ok=True)
     prompts, prompt_desc = load_prompt_texts(cfg)
     if engine == "local":
@@ -186,9 +194,12 @@ def run_eval(cfg: EvalConfig, out_dir: str, progress: bool = True, scorer=None, 
     else:
         raise ValueError(f"unknown engine {engine!r}; use local or ray")
 
-    results = {"methods": {}, "config": _config_dict(cfg), "prompts": prompt_desc,
+    # the device and dtype the models ran on and in (on Ray: the actors'), also in the configuration,
+    # so that its "auto" reads the same from either engine
+    config = {**_config_dict(cfg), "device": work.device_info["device"], "dtype": work.device_info["dtype"]}
+    results = {"methods": {}, "config": config, "prompts": prompt_desc,
                "scorer": work.scorer_name, "ppl_model": str(work.ppl_name),
-               "versions": _versions(),
+               "versions": _versions(), **work.device_info,
                "variants": {"tp": f"any-of-N, {'>' if cfg.strict else '>='} {cfg.threshold}",
                             "tp_rate": f"per-continuation rate, {'>' if cfg.strict else '>='} {cfg.threshold}",
                             "ppl": f"{cfg.ppl_variant}-weighted conditional PPL, samples with PPL >= 1e4 dropped",
@@ -226,32 +237,23 @@ def run_eval(cfg: EvalConfig, out_dir: str, progress: bool = True, scorer=None, 
 
 
 class LocalRuns:
-    """The runs of one evaluation in this process: the models loaded once, each (method, seed)
-    generated (cached), scored and its perplexity computed (cached) when asked for."""
+    """The runs of one evaluation in this process: the models loaded once (on ``cfg.device``, in
+    ``cfg.dtype``, :func:`detox.devices.eval_device`), each (method, seed) generated (cached),
+    scored and its perplexity computed (cached) when asked for."""
 
     def __init__(self, cfg: EvalConfig, out_dir: str, prompts: list[str], settings: dict, *, progress=True,
                  scorer=None, model=None):
-        from .models import load_causal_lm
-        from .scorers import load_scorer, default_scorer
+        from .devices import describe, eval_device
 
         self.cfg, self.out_dir, self.prompts, self.progress = cfg, out_dir, prompts, progress
-        if scorer is None:
-            scorer = load_scorer(cfg.scorer) if cfg.scorer else default_scorer()
-        self.scorer = scorer
-        self.scorer_name = getattr(scorer, "name", type(scorer).__name__)
-        base = model or load_causal_lm(cfg.model)
-        toxic, toxic_name = None, None
-        if registry.needs_toxic(cfg.methods):
-            from .toxic import resolve_toxic_model
-
-            toxic_name = cfg.toxic_model if cfg.toxic_model else resolve_toxic_model(None)
-            toxic = toxic_name if isinstance(toxic_name, tuple) else load_causal_lm(toxic_name)
-        if cfg.ppl_model is None:
-            self.ppl_model, self.ppl_name = base, cfg.model
-        else:
-            self.ppl_model, self.ppl_name = load_causal_lm(cfg.ppl_model), cfg.ppl_model
+        device, dtype = eval_device(cfg, model)
+        self.scorer, base, toxic, toxic_name, self.ppl_model, self.ppl_name = load_eval_models(
+            cfg, device, dtype, scorer=scorer, model=model)
+        self.scorer_name = getattr(self.scorer, "name", type(self.scorer).__name__)
+        self.device_info = describe(device, dtype)
         self.content = model_contents(cfg, toxic_name, self.ppl_name)
         self.gens = {m: Generator(m, model=base, toxic_model=toxic, settings=settings[m], model_name=cfg.model,
+                                  device=device, dtype=dtype,
                                   toxic_name=str(cfg.toxic_model or "smollm2-135m-instruct-toxic"))
                      for m in cfg.methods}
 
@@ -268,6 +270,36 @@ class LocalRuns:
         nll = _ppl_cached(self.ppl_model, self.ppl_name, self.prompts, conts, path, self.out_dir,
                           self.content.get("ppl"), cfg.batch_size)
         return path, conts, scores, nll
+
+
+def load_eval_models(cfg: EvalConfig, device, dtype, *, scorer=None, model=None, toxic_name=None):
+    """``(scorer, base, toxic, toxic name, perplexity model, its name)`` of an evaluation, on
+    ``device`` in ``dtype`` (the scorer in float32), checked to be on one device; the toxic model
+    (``toxic_name`` when given: a path or a loaded pair, else ``cfg.toxic_model`` resolved) only
+    when a method needs it."""
+    from .devices import check_same_device
+    from .models import load_causal_lm
+    from .scorers import load_scorer, default_scorer
+
+    if scorer is None:
+        scorer = load_scorer(cfg.scorer, device=device) if cfg.scorer else default_scorer(device=device)
+    base = model or load_causal_lm(cfg.model, device=device, dtype=dtype)
+    tox = None
+    if registry.needs_toxic(cfg.methods):
+        from .toxic import resolve_toxic_model
+
+        if toxic_name is None:
+            toxic_name = cfg.toxic_model if cfg.toxic_model else resolve_toxic_model(None)
+        tox = toxic_name if isinstance(toxic_name, tuple) else load_causal_lm(toxic_name, device=device, dtype=dtype)
+    else:
+        toxic_name = None
+    if cfg.ppl_model is None:
+        ppl_model, ppl_name = base, cfg.model
+    else:
+        ppl_model, ppl_name = load_causal_lm(cfg.ppl_model, device=device, dtype=dtype), cfg.ppl_model
+    check_same_device([("base", base[0]), ("toxic", tox[0] if tox else None), ("perplexity", ppl_model[0])],
+                      device)
+    return scorer, base, tox, toxic_name, ppl_model, ppl_name
 
 
 def model_contents(cfg: EvalConfig, toxic_name, ppl_name) -> dict:
@@ -295,22 +327,28 @@ def shard_scores(scorer, conts: list[list[str]]) -> list[list[float]]:
     return out
 
 
-def shard_nll(model, prompts: list[str], conts: list[list[str]], device: str = "cpu") -> list[list]:
+def shard_nll(model, prompts: list[str], conts: list[list[str]]) -> list[list]:
     """Per-sample ``[NLL, tokens]`` of one shard's continuations given their prompts (as stored in
-    the PPL cache)."""
+    the PPL cache), on the perplexity model's device."""
     m, tok = model
     ps = [p for p, cs in zip(prompts, conts) for _ in cs]
     cs = [c for cs_ in conts for c in cs_]
-    return [list(x) for x in M.sample_nll(m, tok, ps, cs, device=device)] if cs else []
+    # larger batches on a GPU (the values differ only by rounding: the rows are independent)
+    bs = 64 if next(m.parameters()).is_cuda else 16
+    return [list(x) for x in M.sample_nll(m, tok, ps, cs, batch_size=bs)] if cs else []
 
 
-def ppl_cache_path(name, gen_path: str, out_dir: str, content=None) -> str:
-    key = _hash({"gen": os.path.basename(gen_path), "ppl_model": str(name), "content": content})
+def ppl_cache_path(name, gen_path: str, out_dir: str, content=None, dtype=None) -> str:
+    """The PPL cache of a generation file; ``dtype``: the perplexity model's (``torch.bfloat16`` or
+    its ``str``), in the key unless float32 (the keys of earlier runs)."""
+    dt = str(dtype) if dtype is not None else "torch.float32"
+    key = _hash({"gen": os.path.basename(gen_path), "ppl_model": str(name), "content": content,
+                 **({"dtype": dt} if dt != str(torch.float32) else {})})
     return os.path.join(out_dir, "ppl", f"{os.path.basename(gen_path)}-{key}.json")
 
 
 def _ppl_cached(model, name, prompts, conts, gen_path, out_dir, content=None, shard: int = 8):
-    path = ppl_cache_path(name, gen_path, out_dir, content)
+    path = ppl_cache_path(name, gen_path, out_dir, content, next(model[0].parameters()).dtype)
     if os.path.exists(path):
         with open(path) as f:
             return [tuple(x) for x in json.load(f)]
@@ -355,6 +393,8 @@ def write_report(results: dict, out_dir: str) -> None:
         f"- {cfg['num_samples']} continuations × {cfg['max_new_tokens']} tokens per prompt, top-p {cfg['top_p']}, "
         f"T {cfg['temperature']}, seeds {cfg['seeds']}",
         f"- toxicity scorer: **{results['scorer']}**; perplexity model: `{results['ppl_model']}`",
+        f"- device: {results.get('device', 'cpu')} ({results.get('device_name', '?')}), "
+        f"models in {results.get('dtype', 'float32')}",
         f"- variants: TP = {results['variants']['tp']}; toxic rate = {results['variants']['tp_rate']}; "
         f"PPL = {results['variants']['ppl']}; {results['variants']['dist']}",
         "",

@@ -452,12 +452,19 @@ def load_causal_lm(
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)``: an embedded name, a local directory / .gguf file or a hub id.
 
-    The model is in eval mode on ``device`` with ``dtype``; the tokenizer pads on the left and has a
-    pad token (EOS when it had none), which is also written into the model's (generation) config.
+    The model is in eval mode on ``device`` with ``dtype`` (``"auto"`` for either: see
+    :mod:`detox.devices`); the tokenizer pads on the left and has a pad token (EOS when it had none),
+    which is also written into the model's (generation) config.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch_dtype = resolve_dtype(dtype)
+    from . import devices
+
+    device = devices.resolve_device(device, what="device")
+    if dtype is None or (isinstance(dtype, str) and dtype.strip().lower() == "auto"):
+        torch_dtype = devices.resolve_dtype(dtype, device, what="dtype")
+    else:
+        torch_dtype = resolve_dtype(dtype)
     target, local = _resolve(name_or_path, quiet=quiet)
     try:
         if local:

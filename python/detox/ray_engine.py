@@ -25,8 +25,8 @@ from typing import Any, Callable, Iterator
 
 from .errors import UserError
 
-__all__ = ["RayMissing", "actor_call", "actor_threads", "cluster_gpus", "default_workers", "map_actors",
-           "ray_session", "require_ray"]
+__all__ = ["RayMissing", "actor_call", "actor_device", "actor_gpus", "actor_threads", "check_device_spec", "cluster_gpus",
+           "default_workers", "map_actors", "ray_session", "require_ray"]
 
 _ENV_KEYS = ("PYTHONPATH", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TRITON_INTERPRET", "HF_HOME", "HF_HUB_OFFLINE",
              "TRANSFORMERS_OFFLINE")
@@ -67,19 +67,49 @@ def cluster_address(address: str | None = None) -> str | None:
     return address or os.environ.get("RAY_ADDRESS") or None
 
 
-def default_workers() -> int:
-    """Actors when ``--ray-workers`` is not given: one per GPU of the cluster, else one per CPU but
-    one (left to Ray Data's own tasks)."""
+def default_workers(gpus: bool | None = None) -> int:
+    """Actors when ``--ray-workers`` is not given: one per GPU of the cluster (when the actors use
+    GPUs: ``gpus``, default whether the cluster has any), else one per CPU but one (left to Ray
+    Data's own tasks)."""
     import ray
 
     res = ray.cluster_resources()
-    return int(res.get("GPU", 0)) or max(1, int(res.get("CPU", 1)) - 1)
+    n_gpus = int(res.get("GPU", 0)) if gpus is None or gpus else 0
+    return n_gpus or max(1, int(res.get("CPU", 1)) - 1)
 
 
 def cluster_gpus() -> int:
     import ray
 
     return int(ray.cluster_resources().get("GPU", 0))
+
+
+def actor_gpus(device=None, *, strict: bool = True) -> bool:
+    """Whether the actors of a run with ``device`` (``--device``: auto, cpu, cuda, cuda:N) take a
+    GPU each (inside :func:`ray_session`): ``cuda``/``cuda:N``, or ``auto`` on a cluster with GPUs;
+    ``cpu`` keeps them off the GPUs. An actor sees only the GPU Ray gives it, as ``cuda``.
+    ``strict``: CUDA asked for on a cluster without GPUs is a :class:`~detox.devices.DeviceError`
+    (else the actors run on the CPU)."""
+    spec = "auto" if device is None else str(device).strip().lower()
+    gpus = cluster_gpus()
+    if spec.startswith("cuda"):
+        if not gpus and strict:
+            from .devices import DeviceError
+
+            raise DeviceError(f"--device {device}: the Ray cluster has no GPUs (use --device cpu or auto)")
+        return gpus > 0
+    return spec == "auto" and gpus > 0
+
+
+def check_device_spec(device=None, dtype=None) -> None:
+    """A ``device`` / ``dtype`` that the actors resolve on their own machines (the driver's may have
+    no GPU) checked for being one of the names: a :class:`~detox.devices.DeviceError` otherwise."""
+    from .devices import DEVICE_CHOICES, DeviceError, resolve_dtype
+
+    spec = "auto" if device is None else str(device).strip().lower()
+    if not (spec in ("auto", "cpu", "cuda") or (spec.startswith("cuda:") and spec[5:].isdigit())):
+        raise DeviceError(f"device {device}: unknown device; use one of {DEVICE_CHOICES}")
+    resolve_dtype(dtype, "cpu", what="dtype")
 
 
 @contextlib.contextmanager
@@ -108,16 +138,17 @@ def ray_session(workers: int | None = None, address: str | None = None) -> Itera
 
 
 def map_actors(items: list[dict], actor_cls: type, ctor_kwargs: dict, *, workers: int | None = None,
-               ) -> Iterator[dict]:
+               gpus: bool | None = None) -> Iterator[dict]:
     """Run every item through a pool of ``actor_cls`` actors (inside :func:`ray_session`); yields
     each item's result as it finishes. One block per item, so the actors share the items out one at
-    a time; a GPU per actor where the cluster has GPUs (at most as many actors as GPUs)."""
+    a time; a GPU per actor when ``gpus`` (default: where the cluster has GPUs; see
+    :func:`actor_gpus`), at most as many actors as GPUs."""
     import ray
 
     if not items:
         return
-    gpus = cluster_gpus()
-    n = workers or default_workers()
+    gpus = cluster_gpus() if gpus is None or gpus else 0
+    n = workers or default_workers(gpus > 0)
     if gpus:
         n = min(n, gpus)
     n = max(1, min(n, len(items)))

@@ -184,21 +184,30 @@ def embed(model, tokenizer, texts: list[str], *, max_length: int = 128) -> torch
 class MomentAccumulator:
     """Streaming float64 counts, sums and second moments per class (0 non-toxic, 1 toxic)."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, device="cpu"):
         self.dim = dim
+        self.device = torch.device(device)
         self.n = [0, 0]
-        self.s = [torch.zeros(dim, dtype=torch.float64) for _ in range(2)]
-        self.ss = [torch.zeros(dim, dim, dtype=torch.float64) for _ in range(2)]
+        self.s = [torch.zeros(dim, dtype=torch.float64, device=self.device) for _ in range(2)]
+        self.ss = [torch.zeros(dim, dim, dtype=torch.float64, device=self.device) for _ in range(2)]
 
     def add(self, h: torch.Tensor, labels) -> None:
-        h = h.detach().to("cpu", torch.float64)
-        y = torch.as_tensor(labels, dtype=torch.long).cpu()
+        h = h.detach().to(self.device, torch.float64)
+        y = torch.as_tensor(labels, dtype=torch.long).to(self.device)
         for c in (0, 1):
             x = h[y == c]
             if x.shape[0]:
-                self.n[c] += x.shape[0]
+                self.n[c] += int(x.shape[0])
                 self.s[c] += x.sum(0)
                 self.ss[c] += x.T @ x
+
+    def merged(self, other: "MomentAccumulator") -> "MomentAccumulator":
+        """The moments of both accumulators' texts together."""
+        out = MomentAccumulator(self.dim, device=self.device)
+        out.n = [a + b for a, b in zip(self.n, other.n)]
+        out.s = [a + b for a, b in zip(self.s, other.s)]
+        out.ss = [a + b for a, b in zip(self.ss, other.ss)]
+        return out
 
     def solve(self, eig_threshold: float = EIG_THRESHOLD, shrinkage: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """``shrinkage`` = 0 is the spec's fit; ``s > 0`` uses ``Sigma + s * (tr Sigma / D) * I`` (ridge /
@@ -213,7 +222,8 @@ class MomentAccumulator:
         sigma = (scatter1 + scatter2) / (n1 + n2 - 2)
         sigma = (sigma + sigma.T) / 2
         if shrinkage:
-            sigma = sigma + float(shrinkage) * torch.trace(sigma) / self.dim * torch.eye(self.dim, dtype=sigma.dtype)
+            sigma = sigma + float(shrinkage) * torch.trace(sigma) / self.dim * torch.eye(self.dim, dtype=sigma.dtype,
+                                                                                         device=sigma.device)
         evals, evecs = torch.linalg.eigh(sigma)
         keep = evals > eig_threshold
         inv = torch.where(keep, 1.0 / torch.where(keep, evals, torch.ones_like(evals)), torch.zeros_like(evals))
@@ -224,7 +234,7 @@ class MomentAccumulator:
             raise ValueError("the fitted direction is zero or not finite: the two classes have the same mean")
         w = w / norm
         m = (mu1 + mu2) / 2
-        return w, m, {"n_nontoxic": n1, "n_toxic": n2, "eigenvalues_kept": int(keep.sum()), "dim": self.dim,
+        return w.cpu(), m.cpu(), {"n_nontoxic": n1, "n_toxic": n2, "eigenvalues_kept": int(keep.sum()), "dim": self.dim,
                      "shrinkage": float(shrinkage)}
 
 
@@ -272,10 +282,40 @@ class Subspace:
                    json.loads(meta.get("info", "{}")))
 
 
+# the ridge values `fit-sasa` tries when none is given (0 is the paper's closed-form fit)
+SHRINKAGE_GRID = (0.0, 0.01, 0.03, 0.1, 0.3, 0.5, 1.0, 2.0)
+
+
+def choose_shrinkage(acc: "MomentAccumulator", val_h: torch.Tensor, val_y: list[int],
+                     grid=SHRINKAGE_GRID) -> tuple[float, dict]:
+    """The shrinkage of ``grid`` whose fit on ``acc`` classifies the validation texts best (ties:
+    the smaller shrinkage, i.e. the closer to the paper's fit); also every value's accuracy."""
+    if len(val_y) < 2 or len(set(val_y)) < 2:
+        raise ValueError("too few texts to choose the shrinkage (need both classes in the validation part of the "
+                         "training split): give --shrinkage")
+    y = torch.tensor(val_y).bool()
+    scores = {}
+    for s in grid:
+        w, m, _ = acc.solve(shrinkage=s)
+        pred_toxic = ((val_h.to(m.device, torch.float64) - m) @ w) < 0
+        scores[s] = float((pred_toxic.cpu() == y).float().mean())
+    best = max(grid, key=lambda s: (scores[s], -s))
+    return float(best), {"validation_n": len(val_y), "accuracy": {str(k): v for k, v in scores.items()}}
+
+
 def fit_subspace(model, tokenizer, data: Labelled, *, model_name: str = "model", batch_size: int = 32,
                  holdout: float = 0.1, seed: int = 0, max_length: int = 128, progress: bool = True,
-                 shrinkage: float = 0.0, embeddings_cache: str | None = None) -> Subspace:
+                 shrinkage: float | None = None, embeddings_cache: str | None = None,
+                 validation: float = 0.2, device=None) -> Subspace:
     """Stream the texts through the model, fit on the training split, report held-out accuracy.
+
+    ``shrinkage``: the ridge of :meth:`MomentAccumulator.solve`; ``None`` chooses it from
+    :data:`SHRINKAGE_GRID` by accuracy on a ``validation`` fraction of the *training* split (the
+    held-out split is never used to choose), then refits on the whole training split with it.
+
+    Runs where the model is (``device``, when given, must be that device: see :mod:`detox.devices`):
+    the embeddings and the float64 moments stay on it; only the fitted direction and midpoint (and
+    the ``embeddings_cache``) come back to the host.
 
     ``embeddings_cache``: a file that keeps the embeddings (``[N, D]`` float32, all in memory) so
     that refitting (another shrinkage, split or seed) does not run the model again; it is keyed by
@@ -284,6 +324,10 @@ def fit_subspace(model, tokenizer, data: Labelled, *, model_name: str = "model",
 
     if not 0 <= holdout < 1:
         raise ValueError(f"holdout must be in [0, 1), got {holdout}")
+    if shrinkage is not None and shrinkage < 0:
+        raise ValueError(f"shrinkage must be >= 0, got {shrinkage}")
+    if not 0 < validation < 1:
+        raise ValueError(f"validation must be in (0, 1), got {validation}")
     idx = list(range(len(data.texts)))
     rng = random.Random(seed)
     rng.shuffle(idx)
@@ -293,42 +337,69 @@ def fit_subspace(model, tokenizer, data: Labelled, *, model_name: str = "model",
         k = int(round(holdout * len(cls)))
         test += cls[:k]
         train += cls[k:]
+    from .devices import check_same_device, dtype_name, model_dtype, resolve_device
+
+    # the texts that choose the shrinkage: a stratified part of the training split
+    choose = set()
+    if shrinkage is None:
+        for c in (0, 1):
+            cls = [i for i in train if data.labels[i] == c]
+            choose.update(cls[:int(round(validation * len(cls)))])
+    dev = check_same_device([("SASA", model)], None if device is None else resolve_device(device, what="device"))
+    dev = dev or torch.device("cpu")
     d = model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.n_embd
-    acc = MomentAccumulator(d)
+    acc = MomentAccumulator(d, device="cpu" if dev.type == "meta" else dev)      # training texts outside `choose`
+    acc_val = MomentAccumulator(d, device="cpu" if dev.type == "meta" else dev)  # those in `choose`
+    val_h, val_y = [], []
+    mdt = model_dtype(model) or torch.float32
+    cache_name = model_name if mdt == torch.float32 else f"{model_name}|{dtype_name(mdt)}"  # the precision too
     held_h, held_y = [], []
-    cached = _load_embedding_cache(embeddings_cache, data, model_name) if embeddings_cache else None
+    cached = _load_embedding_cache(embeddings_cache, data, cache_name) if embeddings_cache else None
     store = [] if (embeddings_cache and cached is None) else None
     order = [(i, True) for i in train] + [(i, False) for i in test]
     bar = tqdm(total=len(order), desc="fit-sasa: embedding", unit="text", disable=not progress or cached is not None)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         if cached is not None:
-            h = cached[[i for i, _ in chunk]]
+            h = cached[[i for i, _ in chunk]].to(acc.device)
         else:
-            h = embed(model, tokenizer, [data.texts[i] for i, _ in chunk], max_length=max_length).float().cpu()
+            h = embed(model, tokenizer, [data.texts[i] for i, _ in chunk], max_length=max_length).float()
             if store is not None:
-                store.append((torch.tensor([i for i, _ in chunk]), h))
-        tr = torch.tensor([t for _, t in chunk])
+                store.append((torch.tensor([i for i, _ in chunk]), h.cpu()))
+        tr = torch.tensor([t and i not in choose for i, t in chunk])
+        va = torch.tensor([i in choose for i, _ in chunk])
+        ho = torch.tensor([not t for _, t in chunk])
         ys = [data.labels[i] for i, _ in chunk]
         if tr.any():
-            acc.add(h[tr], [y for y, t in zip(ys, tr.tolist()) if t])
-        if (~tr).any():
-            held_h.append(h[~tr])
-            held_y += [y for y, t in zip(ys, tr.tolist()) if not t]
+            acc.add(h[tr.to(h.device)], [y for y, t in zip(ys, tr.tolist()) if t])
+        if va.any():
+            acc_val.add(h[va.to(h.device)], [y for y, t in zip(ys, va.tolist()) if t])
+            val_h.append(h[va.to(h.device)])
+            val_y += [y for y, t in zip(ys, va.tolist()) if t]
+        if ho.any():
+            held_h.append(h[ho.to(h.device)])
+            held_y += [y for y, t in zip(ys, ho.tolist()) if t]
         bar.update(len(chunk))
     bar.close()
     if store:
-        _save_embedding_cache(embeddings_cache, data, model_name, store)
+        _save_embedding_cache(embeddings_cache, data, cache_name, store)
+    chosen_by = None
+    if shrinkage is None:
+        shrinkage, chosen_by = choose_shrinkage(acc, torch.cat(val_h) if val_h else torch.empty(0, d), val_y)
+        acc = acc.merged(acc_val)
     w, m, info = acc.solve(shrinkage=shrinkage)
+    if chosen_by is not None:
+        info["shrinkage_chosen_by"] = chosen_by
     sub = Subspace(w.float(), m.float(), model_name, info=info)
     if held_h:
         hh = torch.cat(held_h)
         pred_toxic = sub.margin(hh) < 0
-        yy = torch.tensor(held_y).bool()
+        yy = torch.tensor(held_y, device=pred_toxic.device).bool()
         info.update(heldout_accuracy=float((pred_toxic == yy).float().mean()), heldout_n=len(held_y),
                     heldout_toxic_recall=float(pred_toxic[yy].float().mean()) if yy.any() else None,
                     heldout_nontoxic_recall=float((~pred_toxic[~yy]).float().mean()) if (~yy).any() else None)
-    info.update(holdout=holdout, seed=seed, sources=data.sources)
+    info.update(holdout=holdout, seed=seed, sources=data.sources, device=str(dev),
+                dtype=dtype_name(mdt))
     return sub
 
 

@@ -44,8 +44,11 @@ def is_complete(path: Path) -> bool:
 
 
 def make_toxic_model(base: str = DEFAULT_BASE, data: str | None = None, out: str | os.PathLike | None = None,
-                     cfg: TrainConfig | None = None, text_field: str | None = None, progress: bool = True) -> Path:
-    """Fine-tune ``base`` on a toxic corpus (resumable); returns the model directory."""
+                     cfg: TrainConfig | None = None, text_field: str | None = None, progress: bool = True,
+                     device="cpu", dtype=None) -> Path:
+    """Fine-tune ``base`` on a toxic corpus (resumable); returns the model directory. ``device``: where
+    it trains (``"auto"``: CUDA when available); ``dtype``: the autocast precision (``None``: float32;
+    the weights stay float32), see :func:`detox.training.train_causal_lm`."""
     from .models import load_causal_lm
 
     out = Path(out) if out is not None else toxic_model_dir()
@@ -56,10 +59,10 @@ def make_toxic_model(base: str = DEFAULT_BASE, data: str | None = None, out: str
     else:
         texts = [p.text for p in read_prompts(data, field=text_field)]
         desc = f"{data} ({len(texts)} texts)"
-    model, tok = load_causal_lm(base)
+    model, tok = load_causal_lm(base, device=device)
     print(f"training a toxic model from {base} on {desc}: {cfg.steps} steps, batch {cfg.batch_size}, "
           f"{cfg.max_length} tokens, lr {cfg.lr}, {'LoRA' if cfg.lora else 'full fine-tuning'} -> {out}")
-    train_causal_lm(model, tok, texts, str(out), cfg, data_description=desc, progress=progress)
+    train_causal_lm(model, tok, texts, str(out), cfg, data_description=desc, progress=progress, amp_dtype=dtype)
     return out
 
 

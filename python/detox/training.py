@@ -36,6 +36,7 @@ class TrainConfig:
     max_length: int = 40
     lr: float = 1e-4
     warmup_steps: int = 5
+    schedule: str = "cosine"        # after the warm-up: "cosine" decay to 0, or "linear" (HF Trainer's default)
     weight_decay: float = 0.0
     lora: bool = False
     lora_r: int = 8
@@ -103,12 +104,19 @@ def _wrap_lora(model, cfg: TrainConfig):
 
 
 def train_causal_lm(model, tokenizer, texts: list[str], out_dir: str, cfg: TrainConfig, *,
-                    data_description: str = "", progress: bool = True, stop_after: int | None = None):
+                    data_description: str = "", progress: bool = True, stop_after: int | None = None,
+                    amp_dtype: torch.dtype | None = None):
     """Fine-tune ``model`` on ``texts``; resumes from ``out_dir`` if a checkpoint is there.
+
+    Trains where ``model`` is. ``amp_dtype``: ``torch.bfloat16`` runs the forward and backward under
+    autocast in bfloat16 (mixed precision: the weights and the optimizer stay in the model's dtype);
+    ``None`` or ``torch.float32``: no autocast. A run is resumed only with the same ``amp_dtype``.
 
     ``stop_after`` stops (after checkpointing) once that many steps have run in this call,
     to test interruption. Returns the path of the saved model (``out_dir``).
     """
+    if cfg.schedule not in ("cosine", "linear"):
+        raise ValueError(f"schedule must be 'cosine' or 'linear', got {cfg.schedule!r}")
     texts = [t for t in texts if t and t.strip()]
     if not texts:
         raise ValueError("no training texts (all empty)")
@@ -124,25 +132,29 @@ def train_causal_lm(model, tokenizer, texts: list[str], out_dir: str, cfg: Train
         if step < cfg.warmup_steps:
             return (step + 1) / max(1, cfg.warmup_steps)
         rest = max(1, cfg.steps - cfg.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - cfg.warmup_steps) / rest)))
+        frac = min(1.0, (step - cfg.warmup_steps) / rest)
+        return 1.0 - frac if cfg.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * frac))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
     start, losses = 0, []
     ck = _latest_checkpoint(out_dir)
     # what the run is: resuming it with other data or settings would mix two trainings in one model
-    identity = {"config": {k: v for k, v in asdict(cfg).items() if k != "save_every"},
+    # (the default schedule is left out, so runs checkpointed before the option existed still resume)
+    identity = {"config": {k: v for k, v in asdict(cfg).items()
+                           if k != "save_every" and not (k == "schedule" and v == "cosine")},
                 "texts_sha256": hashlib.sha256("\0".join(texts).encode()).hexdigest(), "n_texts": len(texts),
-                "data": data_description}
+                "data": data_description,
+                "amp_dtype": None if amp_dtype in (None, torch.float32) else str(amp_dtype).removeprefix("torch.")}
     ident_path = os.path.join(out_dir, "checkpoints", "run.json")
     if ck is not None:
-        check_settings(ident_path, identity, keys=["config", "texts_sha256", "n_texts"],
+        check_settings(ident_path, identity, keys=["config", "texts_sha256", "n_texts", "amp_dtype"],
                        what="a training run with other data or settings",
                        hint="rerun with the same data and options to resume, or use another --out")
     else:
         os.makedirs(os.path.dirname(ident_path), exist_ok=True)
         write_settings(ident_path, identity)
     if ck is not None:
-        state = torch.load(os.path.join(ck, "state.pt"), weights_only=False)
+        state = torch.load(os.path.join(ck, "state.pt"), map_location="cpu", weights_only=False)
         named = dict(model.named_parameters())
         with torch.no_grad():
             for k, v in state["weights"].items():
@@ -166,8 +178,10 @@ def train_causal_lm(model, tokenizer, texts: list[str], out_dir: str, cfg: Train
             labels = enc["input_ids"].clone()
             labels[enc["attention_mask"] == 0] = -100
             dev = next(model.parameters()).device
-            out = model(input_ids=enc["input_ids"].to(dev), attention_mask=enc["attention_mask"].to(dev),
-                        labels=labels.to(dev))
+            amp = amp_dtype not in (None, torch.float32)
+            with torch.autocast(dev.type, dtype=amp_dtype if amp else torch.float32, enabled=amp):
+                out = model(input_ids=enc["input_ids"].to(dev), attention_mask=enc["attention_mask"].to(dev),
+                            labels=labels.to(dev))
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
@@ -196,5 +210,6 @@ def train_causal_lm(model, tokenizer, texts: list[str], out_dir: str, cfg: Train
     with open(os.path.join(out_dir, "training.json"), "w") as f:
         json.dump({"config": asdict(cfg), "data": data_description,
                    "texts_sha256": identity["texts_sha256"], "n_texts": len(texts), "losses": losses,
+                   "device": str(next(model.parameters()).device), "amp_dtype": identity["amp_dtype"],
                    "seconds_this_run": time.time() - t0}, f, indent=1)
     return out_dir

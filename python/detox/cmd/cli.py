@@ -53,9 +53,14 @@ def cmd_synthesize(args) -> int:
     check_scorer_spec(args.scorer)
     check_model_spec(args.model)
     check_model_spec(args.toxic_model, "--toxic-model")
+    from ..devices import device_dtype_from_args
     from ..ray_engine import engine_kwargs
 
-    engine_kwargs(args)  # a missing Ray is one line before the prompts are read
+    engine = engine_kwargs(args)  # a missing Ray is one line before the prompts are read
+    if engine["engine"] == "ray":
+        device, dtype = args.device, args.dtype  # resolved by the actors, on their machines
+    else:
+        device, dtype = device_dtype_from_args(args)
     texts, desc = _prompts(args)
     if not texts:
         raise UserError("no prompts to synthesise from")
@@ -66,7 +71,7 @@ def cmd_synthesize(args) -> int:
           f"{cfg.num_continuations} continuations x {cfg.max_new_tokens} tokens -> {args.out}")
     with OutputLock(args.out, directory=True):
         s = synthesize(texts, args.out, model=args.model, scorer=args.scorer, cfg=cfg, toxic_model=args.toxic_model,
-                       prompt_source=desc, **engine_kwargs(args))
+                       prompt_source=desc, device=device, dtype=dtype, **engine)
     print(f"kept {s['kept']} of {s['prompts']} prompts ({s['kept_toxic_context']} toxic contexts detoxified, "
           f"{s['kept_nontoxic_context']} non-toxic); {s['with_negatives']} with negatives ({s['negatives']} in all)")
     for why, n in sorted(s["dropped"].items(), key=lambda x: -x[1]):
@@ -83,12 +88,16 @@ def cmd_train(args) -> int:
     if not os.path.isdir(args.data):
         raise UserError(f"--data {args.data} is not a directory made by `detox cmd-synthesize`")
     check_model_spec(args.model)
+    from ..devices import device_dtype_from_args
 
+    device, dtype = device_dtype_from_args(args, training=True)
     cfg = CMDTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, lora=not args.full,
-                         lora_r=args.lora_r, lora_alpha=args.lora_alpha, contrastive_weight=args.contrastive_weight,
+                         lora_r=args.lora_r, lora_alpha=args.lora_alpha,
+                         lora_target_modules=tuple(t.strip() for t in (args.lora_targets or "").split(",") if t.strip()) or None,
+                         contrastive_weight=args.contrastive_weight,
                          tau=args.tau, anchor_tokens=args.anchor_tokens, max_length=args.max_length,
                          save_steps=args.save_steps, seed=args.seed)
-    out = train_cmd(args.data, args.model, args.out, cfg)
+    out = train_cmd(args.data, args.model, args.out, cfg, device=device, dtype=dtype)
     print(f"CMD model saved in {out}; evaluate it with: detox eval --methods cmd --model {out} "
           f"--ppl-model {args.model} ...")
     return 0
@@ -122,9 +131,11 @@ def add_parsers(sub) -> None:
     s.add_argument("--batch-size", type=positive_int, default=8, help="prompts per generate call (default: 8) (>= 1)")
     s.add_argument("--chunk-size", type=positive_int, default=16, help="prompts per resumable chunk (default: 16) (>= 1)")
     s.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (default: 0) (>= 0)")
+    from ..devices import add_device_options
     from ..ray_engine import add_engine_options
 
     add_engine_options(s)
+    add_device_options(s)
     s.set_defaults(func=cmd_synthesize)
 
     t = sub.add_parser("cmd-train", help="CMD: train with the LM loss after the marker + the toxic contrastive loss",
@@ -142,6 +153,10 @@ def add_parsers(sub) -> None:
     t.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
     t.add_argument("--lora-r", type=positive_int, default=8, help="LoRA rank (default: 8) (>= 1)")
     t.add_argument("--lora-alpha", type=positive_int, default=16, help="LoRA alpha (default: 16) (>= 1)")
+    t.add_argument("--lora-targets", default=None, metavar="NAMES",
+                   help="comma-separated module names to put LoRA on (default: from the architecture: c_attn for "
+                        "GPT-2 as in the authors' code, q_proj,k_proj,v_proj,o_proj for the Llama family, peft's "
+                        "default otherwise)")
     t.add_argument("--contrastive-weight", type=nonnegative_float, default=0.5,
                    help="weight of the contrastive loss (default: 0.5; 0 = the ablation without it)")
     t.add_argument("--tau", type=positive_float, default=1.0, help="InfoNCE temperature (default: 1.0) (> 0)")
@@ -149,4 +164,5 @@ def add_parsers(sub) -> None:
     t.add_argument("--max-length", type=positive_int, default=192, help="longest training text in tokens (default: 192) (>= 1)")
     t.add_argument("--save-steps", type=positive_int, default=10, help="checkpoint every N steps (default: 10) (>= 1)")
     t.add_argument("--seed", type=nonnegative_int, default=0, help="random seed, >= 0 (default: 0)")
+    add_device_options(t, training=True)
     t.set_defaults(func=cmd_train)

@@ -50,8 +50,9 @@ def generate_chain_batch(models: Models, prompts: list[str], s: Sampling, *, cha
     enc = tok(prefixes, return_tensors="pt", padding=True, padding_side="left")
     ids, mask = enc["input_ids"].to(models.device), enc["attention_mask"].to(models.device)
     torch.manual_seed(s.seed)
+    chain_kw = {k: v for k, v in kw.items() if k != "min_new_tokens"}  # min_new_tokens: the generation only
     out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=chain_tokens,
-                         num_return_sequences=num_samples, stop_strings=[C.GENERATION], tokenizer=tok, **kw)
+                         num_return_sequences=num_samples, stop_strings=[C.GENERATION], tokenizer=tok, **chain_kw)
     chains = tok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
     cut = [_cut_chain(c) for c in chains]
     rows = [prefixes[i // num_samples] + " " + c.strip() for i, (c, _) in enumerate(cut)]
@@ -124,8 +125,10 @@ def generate_guided_chain_batch(models: Models, prompts: list[str], s: Sampling,
         enc = tok(texts, return_tensors="pt", padding=True, padding_side="left")
         ids = enc["input_ids"].to(dev)
         extra = dict(stop_strings=["#"], tokenizer=tok) if stop else {}
+        # a chain step stops at its "#"; min_new_tokens is for the generation step only
+        step_kw = {k: v for k, v in kw.items() if not (stop and k == "min_new_tokens")}
         out = model.generate(input_ids=ids, attention_mask=enc["attention_mask"].to(dev), max_new_tokens=n_new,
-                             suppress_tokens=suppress, **extra, **kw)
+                             suppress_tokens=suppress, **extra, **step_kw)
         return [t.split("#", 1)[0].strip() if stop else t
                 for t in tok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)]
 

@@ -185,15 +185,17 @@ def fill_masks(gen, scorer, words_list, spans_list, cfg: SynthesisConfig, seed: 
     return filled, tox
 
 
-def _check_meta(out_dir: str, prompts: list[str], cfg: SynthesisConfig, model) -> None:
+def _check_meta(out_dir: str, prompts: list[str], cfg: SynthesisConfig, model, dtype=None) -> None:
     """Records are reused by prompt index: refuse to resume a directory made from other prompts or
     settings (they would be mixed into train.jsonl)."""
     import hashlib
 
     meta = {"prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(), "prompts": len(prompts),
-            "config": asdict(cfg), "model": model if isinstance(model, str) else None}
+            "config": asdict(cfg), "model": model if isinstance(model, str) else None,
+            "dtype": None if dtype in (None, torch.float32) else str(dtype).removeprefix("torch.")}
     path = os.path.join(out_dir, "meta.json")
-    if check_settings(path, meta, ("prompts_sha256", "config", "model"), what="a synthesis of other prompts or settings",
+    if check_settings(path, meta, ("prompts_sha256", "config", "model", "dtype"),
+                      what="a synthesis of other prompts or settings",
                       hint="rerun with the same options to resume, or use another --out"):
         return
     if os.path.exists(os.path.join(out_dir, "records.jsonl")):
@@ -201,27 +203,42 @@ def _check_meta(out_dir: str, prompts: list[str], cfg: SynthesisConfig, model) -
     write_settings(path, meta)
 
 
-def build_synthesis(model, scorer, detector, cfg: SynthesisConfig, toxic_model=None):
+def build_synthesis(model, scorer, detector, cfg: SynthesisConfig, toxic_model=None, *, device=None, dtype=None):
     """``(generator, mask-filling generator, scorer, detector)`` of a synthesis: the models loaded
-    once (by the process, or by each Ray actor)."""
+    once (by the process, or by each Ray actor) on ``device`` in ``dtype``, the scorer on that device."""
     from ..generation.driver import Generator
     from ..scorers import default_scorer, load_scorer
 
-    scorer = scorer if scorer is not None and not isinstance(scorer, str) else (load_scorer(scorer) if scorer else default_scorer())
-    detector = detector or OcclusionDetector(scorer, threshold=cfg.detector_target, max_rounds=cfg.detector_max_rounds)
-    gen = Generator("none", model=model)
+    gen = Generator("none", model=model, device=device, dtype=dtype)
     fill_gen = gen if cfg.fill_method == "none" else Generator(cfg.fill_method, model=(gen.model, gen.tokenizer),
                                                                toxic_model=toxic_model, model_name=gen.model_name)
+    if scorer is None or isinstance(scorer, str):
+        scorer = load_scorer(scorer, device=gen.device) if scorer else default_scorer(device=gen.device)
+    detector = detector or OcclusionDetector(scorer, threshold=cfg.detector_target, max_rounds=cfg.detector_max_rounds)
     return gen, fill_gen, scorer, detector
+
+
+def _todo(path: str, prompts: list[str], cfg: SynthesisConfig) -> tuple[dict, list[tuple[int, int]]]:
+    """The records already in ``path`` by index, and the chunks ``(chunk index, first prompt)`` still to do."""
+    done = {r["index"]: r for r in read_records(path)}
+    chunks = [(ci, s) for ci, s in enumerate(range(0, len(prompts), cfg.chunk_size))
+              if any(i not in done for i in range(s, min(s + cfg.chunk_size, len(prompts))))]
+    if done and chunks:
+        print(f"resuming: {len(done)} of {len(prompts)} prompts already synthesised")
+    return done, chunks
 
 
 def synthesize(prompts: list[str], out_dir: str, *, model=None, scorer=None, detector: SpanDetector | None = None,
                cfg: SynthesisConfig | None = None, toxic_model=None, progress: bool = True, prompt_source: str = "",
-               engine: str = "local", ray_workers: int | None = None, ray_address: str | None = None) -> dict:
+               engine: str = "local", ray_workers: int | None = None, ray_address: str | None = None,
+               device=None, dtype=None) -> dict:
     """Run the synthesis (resumable); returns the summary (also written to ``out_dir``).
 
+    ``device`` / ``dtype``: where the models and the scorer run and the models' precision (see
+    :class:`detox.generation.driver.Generator`; default: a loaded ``model``'s, else ``auto``).
     ``engine``: ``local`` (this process) or ``ray`` (the same chunks on Ray Data actors, see
-    :mod:`detox.eval_ray`; the same records)."""
+    :mod:`detox.eval_ray`; the same records; each actor resolves ``device`` / ``dtype`` on its own
+    machine: its GPU for ``auto`` / ``cuda`` on a cluster with GPUs)."""
     from ..generation.driver import batch_seed
 
     cfg = cfg or SynthesisConfig()
@@ -236,25 +253,25 @@ def synthesize(prompts: list[str], out_dir: str, *, model=None, scorer=None, det
     os.makedirs(out_dir, exist_ok=True)
     model = model if model is not None else "smollm2-135m-instruct"
     path = os.path.join(out_dir, "records.jsonl")
-    _check_meta(out_dir, prompts, cfg, model)
-    done = {r["index"]: r for r in read_records(path)}
-    chunks = [(ci, s) for ci, s in enumerate(range(0, len(prompts), cfg.chunk_size))
-              if any(i not in done for i in range(s, min(s + cfg.chunk_size, len(prompts))))]
-    if done and chunks:
-        print(f"resuming: {len(done)} of {len(prompts)} prompts already synthesised")
     t0 = time.time()
     names = {}
-    with JsonlAppender(path) as f:
-        if engine == "ray":
-            from ..eval_ray import sort_records, synthesize_on_ray
+    if engine == "ray":
+        from ..eval_ray import RaySynthesis, sort_records
 
-            names = synthesize_on_ray(prompts, chunks, done, f, cfg=cfg, model=model, scorer=scorer,
-                                      detector=detector, toxic_model=toxic_model, progress=progress,
-                                      workers=ray_workers, address=ray_address)
-        else:
-            gen, fill_gen, scorer, detector = build_synthesis(model, scorer, detector, cfg, toxic_model)
-            names = {"scorer": getattr(scorer, "name", type(scorer).__name__), "model": gen.model_name,
-                     "detector": type(detector).__name__}
+        with RaySynthesis(cfg=cfg, model=model, scorer=scorer, detector=detector, toxic_model=toxic_model,
+                          device=device, dtype=dtype, workers=ray_workers, address=ray_address) as rs:
+            _check_meta(out_dir, prompts, cfg, model, rs.dtype)  # the actors' dtype
+            done, chunks = _todo(path, prompts, cfg)
+            with JsonlAppender(path) as f:
+                names = rs.run(prompts, chunks, done, f, progress=progress)
+    else:
+        gen, fill_gen, scorer, detector = build_synthesis(model, scorer, detector, cfg, toxic_model,
+                                                          device=device, dtype=dtype)
+        _check_meta(out_dir, prompts, cfg, model, gen.dtype)
+        done, chunks = _todo(path, prompts, cfg)
+        names = {"scorer": getattr(scorer, "name", type(scorer).__name__), "model": gen.model_name,
+                 "detector": type(detector).__name__}
+        with JsonlAppender(path) as f:
             for ci, s in tqdm(chunks, desc="cmd-synthesize", unit="chunk", disable=not progress):
                 recs = _synthesize_chunk(prompts[s:s + cfg.chunk_size], s, gen, fill_gen, scorer, detector, cfg,
                                          batch_seed(cfg.seed, ci))
@@ -264,15 +281,6 @@ def synthesize(prompts: list[str], out_dir: str, *, model=None, scorer=None, det
                     done[r["index"]] = r
     if engine == "ray":
         sort_records(path, "index")  # chunks arrive in any order: index order, as a local run writes
-    if not names:  # nothing was left to run on Ray: the names without the models
-        sc, det = scorer, detector
-        if sc is None or isinstance(sc, str):
-            from ..scorers import default_scorer, load_scorer
-
-            sc = load_scorer(sc) if sc else default_scorer()
-        names = {"scorer": getattr(sc, "name", type(sc).__name__),
-                 "model": model if isinstance(model, str) else getattr(model[0], "name_or_path", "model"),
-                 "detector": type(det).__name__ if det is not None else "OcclusionDetector"}
     recs = [done[i] for i in sorted(done) if i < len(prompts)]
     kept = [r for r in recs if r["kept"]]
     with open(os.path.join(out_dir, "train.jsonl.tmp"), "w", encoding="utf-8") as f:

@@ -16,7 +16,10 @@ one is exactly 0), so anchors are sampled and negatives run only for them. With
 Being a ``Trainer`` subclass (``compute_loss``), the same code is meant to run under
 ``accelerate launch`` / ``torchrun`` on many GPUs (only single-process CPU runs have been tried; the
 step makes three forward passes before one backward, which DDP has not been checked with). LoRA through ``peft`` (r 8, alpha 16, dropout
-0.05 on the attention projections) or full fine-tuning; lr 5e-4 cosine, warmup 3 %.
+0.05 on the attention projections, chosen from the architecture by :func:`lora_targets`: GPT-2's
+``c_attn`` as in the authors' code, ``q_proj k_proj v_proj o_proj`` for the Llama family, peft's
+own choice for other architectures; ``lora_target_modules`` overrides) or full fine-tuning; lr 5e-4
+cosine, warmup 3 %.
 
 Output directory:
     checkpoints/checkpoint-N/  the Trainer's checkpoints (rerunning the command resumes from the last)
@@ -47,7 +50,7 @@ class CMDTrainConfig:
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
-    lora_target_modules: tuple = ("q_proj", "k_proj", "v_proj", "o_proj")
+    lora_target_modules: tuple | None = None  # None: chosen from the architecture (lora_targets)
     contrastive_weight: float = 0.5
     tau: float = 1.0
     anchor_tokens: int = 20
@@ -211,11 +214,59 @@ class CMDTrainer(Trainer):
 
 
 
-def _lora(model, cfg: CMDTrainConfig):
+_LLAMA_ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+_OWN_TARGETS = {"gpt2": ("c_attn",)}  # the authors' CMD code (GPT2-XL): LoRA on c_attn only
+
+
+def _adaptable_names(model) -> list[str]:
+    """The last name part of every module peft can put LoRA on (Linear, GPT-2's Conv1D, ...)."""
+    names = []
+    for full, mod in model.named_modules():
+        if isinstance(mod, (torch.nn.Linear, torch.nn.Conv1d)) or type(mod).__name__ == "Conv1D":
+            leaf = full.rsplit(".", 1)[-1]
+            if leaf not in names:
+                names.append(leaf)
+    return names
+
+
+def lora_targets(model, given=None) -> list[str]:
+    """The LoRA target modules for ``model``: ``given`` (names of its modules, checked), else chosen
+    from the architecture: GPT-2 ``c_attn`` (the authors'), the Llama family's attention projections
+    ``q_proj k_proj v_proj o_proj`` (Llama, SmolLM2, Qwen2, Mistral, Gemma), otherwise peft's default
+    for the model type. A clear :class:`~detox.errors.UserError` when none fits."""
+    from ..errors import UserError
+
+    names = _adaptable_names(model)
+    mtype = getattr(getattr(model, "config", None), "model_type", None)
+    if given:
+        given = [given] if isinstance(given, str) else list(given)
+        missing = [t for t in given if t not in names]
+        if missing:
+            raise UserError(f"--lora-targets {','.join(missing)}: no such module in {type(model).__name__}; its "
+                            f"linear modules are {', '.join(names) or 'none'}")
+        return given
+    if mtype in _OWN_TARGETS:
+        return list(_OWN_TARGETS[mtype])
+    if all(n in names for n in _LLAMA_ATTENTION):
+        return list(_LLAMA_ATTENTION)
+    try:
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as peft_default
+    except ImportError:  # an older or newer peft: only the choices above
+        peft_default = {}
+    if mtype in peft_default and all(n in names for n in peft_default[mtype]):
+        return list(peft_default[mtype])
+    raise UserError(f"cannot choose LoRA target modules for {type(model).__name__} (model type {mtype}): give them "
+                    f"with --lora-targets, e.g. --lora-targets {','.join(names[:2]) or 'NAME'} (its linear modules: "
+                    f"{', '.join(names) or 'none'})")
+
+
+def _lora(model, cfg: CMDTrainConfig, targets: list[str]):
     from peft import LoraConfig, get_peft_model
 
+    conv1d = any(type(m).__name__ == "Conv1D" and n.rsplit(".", 1)[-1] in targets for n, m in model.named_modules())
     return get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                            target_modules=list(cfg.lora_target_modules), task_type="CAUSAL_LM"))
+                                            target_modules=targets, task_type="CAUSAL_LM",
+                                            fan_in_fan_out=conv1d))  # GPT-2's Conv1D stores [in, out]
 
 
 def _last_complete_checkpoint(ck_dir: str) -> str | None:
@@ -239,11 +290,22 @@ def _last_complete_checkpoint(ck_dir: str) -> str | None:
 
 
 def train_cmd(data, model, out_dir: str, cfg: CMDTrainConfig | None = None, *, progress: bool = True,
-              stop_after: int | None = None) -> str | None:
+              stop_after: int | None = None, device="auto", dtype=None) -> str | None:
     """Train ``model`` (a name / path, or a ``(model, tokenizer)`` pair) on CMD data; resumes from the
     last checkpoint in ``out_dir``. ``stop_after`` ends the run after that global step (to test
-    resuming) and returns None. Returns ``out_dir`` with the final (merged) model."""
+    resuming) and returns None. Returns ``out_dir`` with the final (merged) model.
+
+    ``device``: ``"auto"`` (default: CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``;
+    ``dtype``: the Trainer's mixed precision (``torch.bfloat16``: ``bf16=True``; ``None`` or float32:
+    none; the weights stay float32).
+    Under ``torchrun``/``accelerate`` the launcher places the processes."""
+    from ..devices import resolve_device, resolve_training_dtype
     from ..models import load_causal_lm
+
+    dev = resolve_device(device, what="device")
+    amp = resolve_training_dtype(dtype if dtype is not None else torch.float32, dev)
+    if dev.type == "cuda" and dev.index is not None and "LOCAL_RANK" not in os.environ:
+        torch.cuda.set_device(dev)
 
     cfg = cfg or CMDTrainConfig()
     rows = data if isinstance(data, list) else load_cmd_data(data)
@@ -259,7 +321,11 @@ def train_cmd(data, model, out_dir: str, cfg: CMDTrainConfig | None = None, *, p
         raise ValueError(f"every training text is longer than max_length = {cfg.max_length} tokens: raise it")
     set_seed(cfg.seed)  # the LoRA initialisation too: a resumed or repeated run starts from the same weights
     if cfg.lora:
-        m = _lora(m, cfg)
+        from dataclasses import replace
+
+        targets = lora_targets(m, cfg.lora_target_modules)
+        cfg = replace(cfg, lora_target_modules=tuple(targets))  # recorded as resolved in cmd_training.json
+        m = _lora(m, cfg, targets)
     os.makedirs(out_dir, exist_ok=True)
     ck_dir = os.path.join(out_dir, "checkpoints")
     args = TrainingArguments(
@@ -267,7 +333,8 @@ def train_cmd(data, model, out_dir: str, cfg: CMDTrainConfig | None = None, *, p
         lr_scheduler_type="cosine", warmup_steps=max(1, round(cfg.warmup_ratio * cfg.steps)), weight_decay=0.0,
         max_grad_norm=1.0, logging_steps=1, save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2,
         seed=cfg.seed, data_seed=cfg.seed, report_to="none", remove_unused_columns=False, disable_tqdm=not progress,
-        dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available())
+        dataloader_num_workers=0, dataloader_pin_memory=dev.type == "cuda", use_cpu=dev.type == "cpu",
+        bf16=amp is torch.bfloat16)
     callbacks = []
     if stop_after is not None:
         class _Stop(TrainerCallback):

@@ -26,17 +26,38 @@ class Generator:
     """
 
     def __init__(self, method: str = "none", model="smollm2-135m-instruct", toxic_model=None, expert_model=None,
-                 settings=None, device: str = "cpu", dtype=torch.float32, model_name: str | None = None,
+                 settings=None, device=None, dtype=None, model_name: str | None = None,
                  toxic_name: str | None = None):
+        from ..devices import check_same_device, model_device, model_dtype, resolve_device, resolve_dtype
         from ..models import check_same_vocabulary, load_causal_lm
 
         cls = registry.get(method)
         self.method = method
         self.method_settings = registry.settings_for(method, settings)
-        self.device = device
+        # device: given, else the loaded base model's, else auto; dtype: given, else the loaded model's, else auto
+        if device is None and isinstance(model, tuple):
+            device = model_device(model[0]) or "auto"
+        self.device = resolve_device(device, what="device")
+        if dtype is None and isinstance(model, tuple):
+            dtype = model_dtype(model[0])
+        dtype = resolve_dtype(dtype, self.device, what="dtype")
+
+        def load(spec, role):
+            if not isinstance(spec, tuple):
+                return load_causal_lm(spec, dtype=dtype, device=self.device)
+            have = model_dtype(spec[0])
+            if have is not None and have != dtype:
+                from ..devices import DeviceError
+
+                raise DeviceError(f"the loaded {role} model is {str(have).removeprefix('torch.')} but dtype "
+                                  f"{str(dtype).removeprefix('torch.')} was asked for: convert it (model.to(dtype)) "
+                                  "or pass its dtype")
+            return spec
+
         given = model
-        model, tokenizer = model if isinstance(model, tuple) else load_causal_lm(model, dtype=dtype, device=device)
+        model, tokenizer = load(model, "base")
         self.model, self.tokenizer = model.eval(), tokenizer
+        self.dtype = model_dtype(self.model) or dtype
         self.model_name = model_name or (given if isinstance(given, str) else getattr(model, "name_or_path", "model"))
         self.toxic_name = None
         toxic, vocab = None, None
@@ -46,16 +67,16 @@ class Generator:
 
                 toxic_model = resolve_toxic_model(None)
             self.toxic_name = toxic_name or (toxic_model if isinstance(toxic_model, str) else "toxic")
-            tm, ttok = toxic_model if isinstance(toxic_model, tuple) else load_causal_lm(toxic_model, dtype=dtype,
-                                                                                        device=device)
+            tm, ttok = load(toxic_model, "toxic")
             vocab = check_same_vocabulary(self.tokenizer, ttok, self.model, tm)
             toxic = tm.eval()
-        self.models = Models(self.model, self.tokenizer, self.model_name, device=device, toxic=toxic,
-                             toxic_name=self.toxic_name, vocab_size=vocab)
         extra = {}
         if expert_model is not None:
-            extra["expert"] = expert_model if isinstance(expert_model, tuple) else load_causal_lm(
-                expert_model, dtype=dtype, device=device)
+            extra["expert"] = load(expert_model, "expert")
+        check_same_device([("base", self.model), ("toxic", toxic),
+                           ("expert", extra["expert"][0] if "expert" in extra else None)], self.device)
+        self.models = Models(self.model, self.tokenizer, self.model_name, device=self.device, toxic=toxic,
+                             toxic_name=self.toxic_name, vocab_size=vocab)
         self.impl = cls(self.method_settings, self.models, **extra)
 
     @property
@@ -87,6 +108,8 @@ class Generator:
         own = self.impl.key_settings()
         if own:
             s["method_settings"] = own
+        if self.dtype != torch.float32:  # the precision changes the text; float32 keeps the keys of earlier runs
+            s["dtype"] = str(self.dtype).removeprefix("torch.")
         return s
 
 

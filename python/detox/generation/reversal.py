@@ -7,20 +7,24 @@ HuggingFace decoder whose attention has an output projection, batched.
 whatever the number of key/value heads. Inside ``with rev.active(): model.generate(...)``, every
 forward of the model is preceded by the read pass:
 
-- read pass: the model's decoder runs over ``2B`` rows ``[pos_prefix + context ;
-  neg_prefix + context]`` with its own KV cache (the prefixes are left-padded to one length, the
-  context keeps generate's attention mask, positions come from the mask), fed with exactly the
-  tokens that generate feeds; the hooks capture ``δ = o_neg − o_pos`` at the last position;
+- read pass: the model's decoder runs over ``2B`` rows ``[pos_prefix + prompt ; neg_prefix + prompt]``
+  with its own KV cache, then is fed exactly the tokens that generate feeds; the hooks capture
+  ``δ = o_neg − o_pos`` at the last position;
 - write pass: generate's own forward; the hooks apply
   :func:`detox_kernels.reverse_toxification_` in place to the last position's head outputs.
 
-``e_neg`` (the head output at the last token of the negative prefix alone) is computed once.
-No host synchronisation and no loop over rows per step; the loop is over the selected layers.
-The prefixes are tokenized on their own (no special tokens) and put before the prompt's tokens.
-For a tokenizer that adds a BOS token (Llama 3, Gemma, Mistral) the prefixed rows start with BOS
-(``BOS + prefix + prompt``): the prompt's own leading BOS is masked out of the read pass, without
-moving any tensor to the host. Identical prefixes give ``δ = 0`` and reproduce plain generation
-exactly.
+As in the authors' code, each prefixed row is the tokenisation of the one string ``prefix + prompt``
+(so the prefix's trailing space joins the prompt's first word, ``[..., ':', ' So']``, not
+``[..., ':', ' ', 'So']``), with the tokenizer's special tokens (a BOS-adding tokenizer gives
+``BOS + prefix + prompt``); the rows are left-padded to one length and their positions come from
+their mask. The prompts' texts are given to :meth:`ToxificationReversal.active` (the ``reversal``
+method does); without them they are decoded once from generate's prompt tokens. The tokenisation
+happens once per ``generate`` call, before the first step; no host synchronisation and no loop over
+rows per step (the loop is over the selected layers).
+
+``e_neg`` is the head output at the last token of the negative prefix with its trailing whitespace
+stripped (the ``':'`` that ends the paper's prefix), where the authors read it; computed once.
+Identical prefixes give ``δ = 0`` and reproduce plain generation exactly.
 """
 
 from __future__ import annotations
@@ -157,27 +161,21 @@ class ToxificationReversal:
         self.norm_exp, self.sim_exp, self.renorm = float(norm_exp), float(sim_exp), bool(renorm)
         self.backend = backend
         self.neg_prefix, self.pos_prefix = neg_prefix, pos_prefix
-        neg = tokenizer(neg_prefix, add_special_tokens=False)["input_ids"] if neg_prefix else []
-        pos = tokenizer(pos_prefix, add_special_tokens=False)["input_ids"] if pos_prefix else []
-        if not neg:
+        self.tokenizer = tokenizer
+        if not neg_prefix or not neg_prefix.strip():
             raise ValueError("toxification reversal: the negative prefix is empty")
+        # e_neg: the head output at the last token of the negative prefix without its trailing space
+        # (the ':' of the paper's prefix), with the tokenizer's special tokens, as the read pass has them
+        self.neg_ids = torch.tensor([tokenizer(neg_prefix.rstrip())["input_ids"]])
         self.bos_id = _added_bos(tokenizer)
-        if self.bos_id is not None:  # BOS + prefix + prompt (the prompt's own BOS is masked out in _read)
-            neg, pos = [self.bos_id] + neg, [self.bos_id] + pos
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-        p = max(len(neg), len(pos))
-        ids = torch.full((2, p), pad, dtype=torch.long)
-        mask = torch.zeros((2, p), dtype=torch.long)
-        for r, seq in enumerate((pos, neg)):  # left-padded: row 0 positive, row 1 negative
-            if seq:
-                ids[r, p - len(seq):] = torch.tensor(seq)
-                mask[r, p - len(seq):] = 1
-        self.prefix_ids, self.prefix_mask, self.neg_ids = ids, mask, torch.tensor([neg])
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
         self.e_neg: dict[int, torch.Tensor] = {}
         self.delta: dict[int, torch.Tensor] = {}
         self._mode = None  # None | "e_neg" | "capture" | "apply"
         self._cache = None
-        self._drop = None  # [n, prompt length] bool: the prompt's leading BOS, masked out of the read pass
+        self._prompts = None      # the prompt texts of the current generate call (see active())
+        self._read_mask = None    # [2n, P] the prefixed prompts' mask (left-padded)
+        self._prompt_len = 0      # generate's prompt length (its mask's first columns)
         self._handles = []
         self._run = None
         self._cache_kw = cache_keyword(model.base_model)  # "cache" (transformers 5.x) or "past_key_values"
@@ -234,30 +232,57 @@ class ToxificationReversal:
         self._read(input_ids, mask, prefill=past_len == 0)
         return None
 
+    def read_inputs(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The read pass's first input for ``n`` prompt texts: ids and mask ``[2n, P]``, rows
+        ``[pos_prefix + text ; neg_prefix + text]``, each the tokenisation of that one string (with
+        the tokenizer's special tokens), left-padded."""
+        rows = [self.pos_prefix + t for t in texts] + [self.neg_prefix + t for t in texts]
+        seqs = self.tokenizer(rows)["input_ids"]
+        p = max(len(q) for q in seqs)
+        ids = torch.full((len(seqs), p), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), p), dtype=torch.long)
+        for r, q in enumerate(seqs):
+            if q:
+                ids[r, p - len(q):] = torch.tensor(q)
+                mask[r, p - len(q):] = 1
+        return ids, mask
+
+    def _prompt_texts(self, input_ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
+        """The ``n`` rows' prompt texts: those given to :meth:`active` (repeated for generate's
+        ``num_return_sequences``), else decoded from the prompt tokens (once per generate call)."""
+        n = input_ids.shape[0]
+        if self._prompts is not None:
+            b = len(self._prompts)
+            if b == 0 or n % b:
+                raise RuntimeError(f"toxification reversal: {b} prompt texts were given for a batch of {n} rows")
+            return [t for t in self._prompts for _ in range(n // b)]
+        keep = mask.bool().cpu()
+        rows = input_ids.cpu()
+        texts = []
+        for i in range(n):  # without padding and the BOS that tokenising prefix + text adds again
+            ids = rows[i][keep[i]].tolist()
+            if self.bos_id is not None and ids and ids[0] == self.bos_id:
+                ids = ids[1:]
+            texts.append(self.tokenizer.decode(ids))
+        return texts
+
     @torch.no_grad()
     def _read(self, input_ids: torch.Tensor, mask: torch.Tensor, prefill: bool):
         n, t = input_ids.shape
         dev = input_ids.device
-        if self.bos_id is not None:
-            if prefill or self._cache is None:
-                first = mask.long().argmax(1, keepdim=True)  # the first real token (left padding)
-                is_bos = (input_ids.gather(1, first) == self.bos_id) & (mask.gather(1, first) != 0)
-                self._drop = torch.zeros(mask.shape, dtype=torch.bool, device=mask.device).scatter_(1, first, is_bos)
-            drop = self._drop
-            if drop.shape[1] < mask.shape[1]:
-                drop = torch.nn.functional.pad(drop, (0, mask.shape[1] - drop.shape[1]))
-            mask = mask.masked_fill(drop, 0)
-        p = self.prefix_ids.shape[1]
-        pm = self.prefix_mask.to(dev)[:, None, :].expand(2, n, p).reshape(2 * n, p)
-        full = torch.cat([pm, mask.to(dtype=pm.dtype).repeat(2, 1)], dim=1)
-        ids = input_ids.repeat(2, 1)
         if not prefill and self._cache is None:
             raise RuntimeError("toxification reversal: a decoding step without the read pass's KV cache (active() "
                                "must be entered before generate, which must start from an empty cache)")
         if prefill:
             self._cache = None
-            pids = self.prefix_ids.to(dev)[:, None, :].expand(2, n, p).reshape(2 * n, p)
-            ids = torch.cat([pids, ids], dim=1)
+            ids, rmask = self.read_inputs(self._prompt_texts(input_ids, mask))
+            ids, self._read_mask = ids.to(dev), rmask.to(dev)
+            self._prompt_len = t
+            full = self._read_mask
+        else:  # the prefixed prompts, then the tokens generate has fed since (with its mask)
+            ids = input_ids.repeat(2, 1)
+            new = mask[:, self._prompt_len:].to(dtype=self._read_mask.dtype).repeat(2, 1)
+            full = torch.cat([self._read_mask, new], dim=1)
         pos = (full.cumsum(-1) - 1).clamp_min(0)[:, -ids.shape[1]:]
         self._mode = "capture"
         try:
@@ -280,10 +305,15 @@ class ToxificationReversal:
 
     # ------------------------------------------------------------ public
     @contextlib.contextmanager
-    def active(self):
-        """Hooks installed for the duration of the block (one or more ``generate`` calls)."""
+    def active(self, prompts: list[str] | None = None):
+        """Hooks installed for the duration of the block (one or more ``generate`` calls).
+
+        ``prompts``: the texts of the prompts that ``generate`` is given (in order; generate's
+        ``num_return_sequences`` repeats are understood), for the read pass's ``prefix + prompt``
+        strings; without them the prompts are decoded from generate's prompt tokens."""
         if self._handles:
             raise RuntimeError("toxification reversal: already active")
+        self._prompts = list(prompts) if prompts is not None else None
         try:
             for i in self.layers:
                 self._handles.append(self.sites[i].module.register_forward_pre_hook(self._site_hook(i)))
@@ -298,11 +328,15 @@ class ToxificationReversal:
             self._handles = []
             self._mode = None
             self._cache = None
-            self._drop = None
+            self._prompts = None
+            self._read_mask = None
             self._run = None
             self.delta = {}
 
     def settings(self) -> dict:
         return {"layers": self.layers if len(self.layers) != len(self.sites) else "all", "norm_exp": self.norm_exp,
                 "sim_exp": self.sim_exp, "renorm": self.renorm, "neg_prefix": self.neg_prefix,
-                "pos_prefix": self.pos_prefix}
+                "pos_prefix": self.pos_prefix,
+                # the read pass's layout: tokenizer(prefix + prompt), e_neg at the prefix's ':' (the authors');
+                # part of the generation-cache key, so results of the earlier layout are not reused
+                "read_layout": "prefix+prompt"}

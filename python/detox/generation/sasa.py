@@ -40,7 +40,13 @@ ignore 4D masks and are not supported. The public implementation's form (one seq
 from __future__ import annotations
 
 import torch
-from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+from transformers import (
+    LogitsProcessorList,
+    MinNewTokensLengthLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 from transformers.cache_utils import DynamicCache
 
 import detox_kernels
@@ -165,10 +171,12 @@ class SASADecoder:
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                  max_new_tokens: int = 20, do_sample: bool = True, temperature: float = 1.0, top_k: int = 0,
                  top_p: float = 1.0, num_return_sequences: int = 1, pad_token_id: int | None = None,
-                 eos_token_id=None, return_margins: bool = False):
+                 eos_token_id=None, min_new_tokens: int = 0, return_margins: bool = False):
         """Like ``model.generate``: returns ``[B * n, L + max_new_tokens]`` token ids (rows finished
         by EOS are padded, as ``generate`` pads them); with ``return_margins=True`` also the
-        ``[B * n, max_new_tokens]`` margin of each chosen token (NaN where it was not a candidate)."""
+        ``[B * n, max_new_tokens]`` margin of each chosen token (NaN where it was not a candidate).
+        ``min_new_tokens``: EOS is suppressed (its logit -inf, before the warpers, as in
+        ``generate``) until that many tokens are new."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         n = int(num_return_sequences)
@@ -181,6 +189,9 @@ class SASADecoder:
         if pad_token_id is None:
             pad_token_id = int(eos[0]) if eos.numel() else 0
         warp = _warpers(temperature, top_k, top_p) if do_sample else LogitsProcessorList()
+        if min_new_tokens and eos.numel():  # generate's processors run before its warpers
+            warp.insert(0, MinNewTokensLengthLogitsProcessor(ids.shape[1], int(min_new_tokens), eos,
+                                                             device=ids.device))
         b = ids.shape[0]
         rows = torch.arange(b, device=ids.device)
         logits, cache = self._prefill(ids, attn)

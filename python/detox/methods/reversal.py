@@ -44,8 +44,18 @@ class Reversal(Method):
                 raise SettingsError(str(e)) from e
             raise
 
+    _prompts = None
+
+    def generate(self, prompts, s: Sampling):
+        self._prompts = list(prompts)  # the read pass tokenises prefix + prompt text, as the authors do
+        try:
+            return super().generate(prompts, s)
+        finally:
+            self._prompts = None
+
     def decode(self, input_ids, attention_mask, s: Sampling):
-        with self.reversal.active():
+        # HF generate with the sampling settings (top_p, top_k, min_new_tokens) and the hooks
+        with self.reversal.active(prompts=self._prompts):
             return super().decode(input_ids, attention_mask, s)
 
     def key_settings(self) -> dict:

@@ -18,7 +18,8 @@ class SASASettings(Settings):
     beta: float = setting(10.0, "strength: 0 is plain sampling, a negative beta steers toward toxicity")
     mode: str = setting("softmax", "softmax: beta * softmax(margins) (the public implementation); tilt: "
                                    "beta * margin (the KL-constrained optimum)", choices=("softmax", "tilt"))
-    max_candidates: int = setting(50, "candidates K re-weighted per step", min=1)
+    max_candidates: int = setting(10, "candidates K re-weighted per step (10: the best measured on the development "
+                                      "prompts; 50 lowered toxicity far less)", min=1)
     outside: str = setting("keep", "tokens outside the K candidates keep their score (keep) or are masked (mask)",
                            choices=("keep", "mask"))
 
@@ -49,7 +50,7 @@ class SASA(Method):
     def decode(self, input_ids, attention_mask, s: Sampling):
         return self.decoder.generate(input_ids, attention_mask, max_new_tokens=s.max_new_tokens,
                                      do_sample=s.do_sample, top_p=s.top_p, temperature=s.temperature, top_k=s.top_k,
-                                     num_return_sequences=s.num_samples,
+                                     num_return_sequences=s.num_samples, min_new_tokens=s.min_new_tokens,
                                      pad_token_id=self.models.tokenizer.pad_token_id)
 
     def key_settings(self) -> dict:

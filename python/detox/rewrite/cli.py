@@ -38,6 +38,9 @@ def cmd_rewrite(args) -> int:
     check_scorer_spec(args.scorer)
     check_model_spec(args.model)
     check_model_spec(args.toxic_model, "--toxic-model")
+    from ..devices import device_dtype_from_args, dtype_name
+
+    device, dtype = device_dtype_from_args(args)
     from .corpus import Malformed, iter_records
 
     bad = Malformed()
@@ -58,7 +61,7 @@ def cmd_rewrite(args) -> int:
                         temperatures=args.temperatures, samples_per_temperature=args.samples_per_temperature,
                         top_p=args.top_p, max_new_tokens=args.max_new_tokens, max_input_tokens=args.max_input_tokens,
                         lam=args.lam, scorer=args.scorer, embedder=args.embedder, method_settings=settings, seed=args.seed,
-                        batch_size=args.batch_size)
+                        batch_size=args.batch_size, device=str(device), dtype=dtype_name(dtype))
     try:
         cfg.validate()
         from .templates import load_template
@@ -91,6 +94,9 @@ def cmd_finetune(args) -> int:
 
     check_input_file(args.data, "--data", text=not args.data.lower().endswith(".parquet"))
     check_model_spec(args.model)
+    from ..devices import device_dtype_from_args
+
+    device, dtype = device_dtype_from_args(args, training=True)
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UserError(f"--out {args.out} is a file: give a directory for the model")
     from .corpus import Malformed, detect_format, iter_records
@@ -108,12 +114,11 @@ def cmd_finetune(args) -> int:
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, max_length=args.max_length, lr=args.lr,
                       lora=args.lora, lora_r=args.lora_r, lora_alpha=args.lora_alpha, save_every=args.save_every,
                       seed=args.seed)
-    import torch
-
-    model, tok = load_causal_lm(args.model, device="cuda" if torch.cuda.is_available() else "cpu")
+    model, tok = load_causal_lm(args.model, device=device)  # float32 weights; --dtype is the autocast precision
     print(f"fine-tuning {args.model} on {args.data} ({len(texts)} texts): {cfg.steps} steps, batch {cfg.batch_size}, "
           f"lr {cfg.lr}, {'LoRA' if cfg.lora else 'full'} -> {args.out}")
-    train_causal_lm(model, tok, texts, args.out, cfg, data_description=f"{args.data} ({len(texts)} texts)")
+    train_causal_lm(model, tok, texts, args.out, cfg, data_description=f"{args.data} ({len(texts)} texts)",
+                    amp_dtype=dtype)
     print(f"model saved in {args.out}; evaluate it with: detox eval --model {args.out} --methods none ...")
     return 0
 
@@ -159,6 +164,9 @@ def add_commands(sub) -> None:
     r.add_argument("--overwrite", action="store_true", help="discard a previous run's work directory")
     from ..methods._cli import add_method_options
 
+    from ..devices import add_device_options
+
+    add_device_options(r)
     add_method_options(r, [m for m in MODES if m != "prompt"])  # the --mode method's settings
     r.set_defaults(func=cmd_rewrite)
 
@@ -179,4 +187,7 @@ def add_commands(sub) -> None:
     f.add_argument("--lora-alpha", type=positive_int, default=16, help="LoRA alpha (>= 1)")
     f.add_argument("--save-every", type=positive_int, default=25, help="checkpoint every N steps (>= 1)")
     f.add_argument("--seed", type=nonnegative_int, default=0, help="seed (>= 0)")
+    from ..devices import add_device_options
+
+    add_device_options(f, training=True)
     f.set_defaults(func=cmd_finetune)

@@ -45,9 +45,14 @@ class RewriteConfig:
     method_settings: dict = field(default_factory=dict)  # the settings of the mode's method (socd / cd)
     seed: int = 0
     batch_size: int = 8                     # texts per generate call (the shard size)
-    dtype: str = "float32"
+    dtype: str = "auto"                     # the models' precision; validate() resolves "auto" (detox.devices)
+    device: str = "auto"                    # where the models, scorer and embedder run; not in key()
 
     def validate(self):
+        from ..devices import dtype_name, resolve_device, resolve_dtype
+
+        # "auto" becomes a name now, so that the resume key says which precision the texts were made in
+        self.dtype = dtype_name(resolve_dtype(self.dtype, resolve_device(self.device, what="device"), what="dtype"))
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
         if self.mode == "prompt":
@@ -64,8 +69,11 @@ class RewriteConfig:
         return self
 
     def key(self) -> str:
-        """A hash of everything that changes the output (resume refuses a different one)."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        """A hash of everything that changes the output (resume refuses a different one); the device
+        changes it only through float rounding and is left out (a run may resume on another device)."""
+        d = asdict(self)
+        d.pop("device")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class Rewriter:
@@ -73,8 +81,12 @@ class Rewriter:
         from ..models import check_same_vocabulary, load_causal_lm
         from ..scorers import load_scorer
 
+        from ..devices import check_same_device, resolve_device
+
+        if device is not None:
+            cfg.device = str(device)
         self.cfg = cfg.validate()
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = resolve_device(cfg.device, what="device")
         self.template = load_template(cfg.template)
         if models is not None:
             (self.model, self.tok), toxic = models[0], (models[1] if len(models) > 1 else None)
@@ -93,7 +105,8 @@ class Rewriter:
             models = registry.Models(self.model, self.tok, str(cfg.model), device=self.device, toxic=self.toxic,
                                      vocab_size=self.vocab_size)
             self.method = registry.get(cfg.mode)(registry.settings_for(cfg.mode, cfg.method_settings), models)
-        self.scorer = scorer if scorer is not None else load_scorer(cfg.scorer)
+        check_same_device([("base", self.model), ("toxic", self.toxic)], self.device)
+        self.scorer = scorer if scorer is not None else load_scorer(cfg.scorer, device=self.device)
         self.embedder = embedder if embedder is not None else TextEmbedder(cfg.embedder, device=self.device)
         self.timing = {"generate": 0.0, "score": 0.0, "embed": 0.0, "other": 0.0}
         self.n_candidates = len(cfg.temperatures) * cfg.samples_per_temperature

@@ -2,7 +2,7 @@
 
 Each actor loads the models once and rewrites one shard per call (the same ``Rewriter.rewrite``
 as the local engine, on the same shards, so the output is identical for the same seed). GPU
-actors (``num_gpus=1``) are used when the cluster has GPUs. The driver streams the input in
+actors (``num_gpus=1``) are used when the cluster has GPUs, unless ``--device cpu``. The driver streams the input in
 windows of ``window`` shards, so its memory does not grow with the corpus; each shard's results
 are written as soon as it arrives, to the same resumable part files as the local engine (a shard
 that arrives out of order starts a new part, so that every part stays sorted by text index).
@@ -36,11 +36,14 @@ class RewriteActor:
 
 
 def run_on_ray(shards, store, cfg, bar, *, workers: int = 2, window: int = 64, address: str | None = None):
-    from ..ray_engine import map_actors, ray_session
+    from ..ray_engine import actor_gpus, map_actors, ray_session
 
     timing = {"generate": 0.0, "score": 0.0, "embed": 0.0, "other": 0.0}
     written = 0
     with ray_session(workers, address):
+        # an actor on a GPU sees only the GPU Ray gives it (as cuda); --device cpu keeps the actors off the GPUs
+        gpus = actor_gpus(cfg.device, strict=False)
+        actor_cfg = {**asdict(cfg), "device": "cuda" if gpus else "cpu"}
         it = iter(shards)
         while True:
             win = []
@@ -53,7 +56,8 @@ def run_on_ray(shards, store, cfg, bar, *, workers: int = 2, window: int = 64, a
                     break
             if not win:
                 break
-            for d in map_actors([{"shard": s} for s in win], RewriteActor, {"cfg": asdict(cfg)}, workers=workers):
+            for d in map_actors([{"shard": s} for s in win], RewriteActor, {"cfg": actor_cfg}, workers=workers,
+                                gpus=gpus):
                 # persisted as each shard arrives: a kill loses only the shards still running
                 written += store.append(d["results"])
                 for k, v in d["timing"].items():

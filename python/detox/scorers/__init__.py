@@ -86,6 +86,21 @@ def register_scorer(name: str, factory: Callable[..., Scorer]) -> None:
     _FACTORIES[name] = factory
 
 
+def _call_factory(factory: Callable[..., Scorer], kwargs: dict) -> Scorer:
+    """``factory(**kwargs)``; a ``device`` the factory does not take is left out (a CPU-only scorer)."""
+    import inspect
+
+    if "device" in kwargs:
+        try:
+            params = inspect.signature(factory).parameters
+        except (TypeError, ValueError):
+            params = None
+        if params is not None and "device" not in params and not any(
+                p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            kwargs = {k: v for k, v in kwargs.items() if k != "device"}
+    return factory(**kwargs)
+
+
 def scorer_names() -> list[str]:
     """Names accepted by :func:`load_scorer` (besides paths and ``detoxify:...``)."""
     return sorted(_FACTORIES)
@@ -118,7 +133,7 @@ def load_scorer(spec: str | os.PathLike | Scorer | None = None, **kwargs: Any) -
         return default_scorer(**kwargs)
     key = _ALIASES.get(s.lower(), s.lower())
     if key in _FACTORIES:
-        return _FACTORIES[key](**kwargs)
+        return _call_factory(_FACTORIES[key], kwargs)
     if s.lower().startswith("detoxify:"):
         rest = s.split(":", 1)[1]
         if not rest:

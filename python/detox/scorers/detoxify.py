@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ..devices import resolve_device
 from .base import ScorerError
 from .hf_classifier import _max_length, _TransformersScorer
 
@@ -100,7 +101,7 @@ class DetoxifyScorer(_TransformersScorer):
             self.model = model_cls.from_pretrained(None, config=config, state_dict=loaded["state_dict"])
         except Exception as e:
             raise ScorerError(f"{ckpt}: its state_dict does not fit {model_name}: {type(e).__name__}: {e}") from e
-        self.device = torch.device(device)
+        self.device = resolve_device(device, what="scorer device")
         self.model.to(self.device).eval()
         self.labels = tuple(_DETOXIFY_RENAME.get(c, c) for c in classes)
         self.score_index = self.labels.index("toxicity") if "toxicity" in self.labels else 0

@@ -11,6 +11,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 
+from ..devices import resolve_device
 from .base import Scorer, ScorerError, _as_text_list
 
 __all__ = ["HFClassifierScorer", "pick_toxic_label"]
@@ -112,7 +113,7 @@ class HFClassifierScorer(_TransformersScorer):
             raise ScorerError(
                 f"could not load a sequence-classification model from {path}: {type(e).__name__}: {e}"
             ) from e
-        self.device = torch.device(device)
+        self.device = resolve_device(device, what="scorer device")
         self.model.to(self.device).eval()
         cfg = self.model.config
         n = int(cfg.num_labels)

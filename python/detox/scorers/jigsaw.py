@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .. import assets
+from ..devices import resolve_device
 from .base import Scorer, ScorerError
 from .keras_tokenizer import KerasTokenizer, load_keras_tokenizer, pad_sequences
 from .keras_weights import read_bilstm_weights
@@ -85,7 +86,7 @@ class JigsawScorer(Scorer):
         except assets.AssetError as e:
             raise ScorerError(f"the jigsaw scorer's weights are unavailable: {e}") from e
         model, self.tokenizer = _load_jigsaw(str(weights), str(tokenizer))
-        self.device = torch.device(device)
+        self.device = resolve_device(device, what="scorer device")
         self.model = model if self.device.type == "cpu" else _copy_to(model, self.device)
         self.maxlen = JIGSAW_MAXLEN
 
