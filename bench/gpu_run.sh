@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine: build the CUDA extension against the machine's torch,
 # run the GPU tests and the benchmarks, and leave logs and raw results under $OUT.
-#   bash bench/gpu_run.sh [tests|bench|all]     (default: all)
+#   bash bench/gpu_run.sh [tests|bench|all|profile|source]     (default: all)
+# GPU_BENCH=socd (say) runs bench/bench_socd.py --device cuda instead of bench_socd_gpu.py.
 # (from the repository root: the benchmarks run as modules of the bench package, python3 -m bench.<name>)
 set -uo pipefail
 what=${1:-all}
@@ -19,13 +20,28 @@ TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} \
 rc=$?; echo "build rc=$rc in $(( $(date +%s) - t0 )) s"; tail -n 30 "$OUT/build.log"
 [ $rc -eq 0 ] || exit $rc
 python3 -m detox_kernels.info 2>&1 | tee "$OUT/info.txt"
+# SoCD serving-grade run (bash bench/gpu_run.sh all: at most ~8 minutes on an H100, by the limits below): the GPU tests
+# on the GPU backends only (the CPU backend is covered by CI), then bench_socd_gpu (CUDA vs Triton
+# vs torch.topk, B in 1/8/64/256, V in 32000/49152/151936, fp32 and bf16) with the automatic
+# cluster choice, then the CUDA backend alone with 8-CTA clusters and with the single-CTA path.
+# Each step has a time limit so that one slow step cannot take the others' time.
 if [ "$what" = tests ] || [ "$what" = all ]; then
-  python3 -m pytest -q -x -p no:cacheprovider ${GPU_TESTS:-tests/test_socd.py} 2>&1 | tee "$OUT/tests.log" | tail -n 25
+  DETOX_TEST_BACKENDS=${DETOX_TEST_BACKENDS:-cuda,triton} timeout ${TEST_TIMEOUT:-190} \
+    python3 -m pytest -q -x -p no:cacheprovider ${GPU_TESTS:-tests/test_socd.py tests/test_socd_kernel_paths.py} \
+    2>&1 | tee "$OUT/tests.log" | tail -n 25
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
-  for s in ${GPU_BENCH:-socd}; do
-    python3 -m bench.bench_$s --device cuda ${BENCH_ARGS:-} --out "$OUT/$s-cuda.json" 2>&1 | tee "$OUT/bench-$s.log" | tail -n 40
+  for s in ${GPU_BENCH:-socd_gpu}; do
+    dev_arg="--device cuda"; [ "$s" = socd_gpu ] && dev_arg=""
+    timeout ${BENCH_TIMEOUT:-150} python3 -m bench.bench_$s $dev_arg ${BENCH_ARGS:-} --out "$OUT/$s.json" 2>&1 \
+      | tee "$OUT/bench-$s.log" | tail -n 40
   done
+  if [ -z "${GPU_BENCH:-}" ]; then
+    for c in 8 0; do
+      DETOX_SOCD_CLUSTER=$c timeout ${BENCH_TIMEOUT_PATH:-45} python3 -m bench.bench_socd_gpu --backends cuda \
+        --rep-ms 50 --out "$OUT/socd_gpu-cluster$c.json" 2>&1 | tee "$OUT/bench-socd_gpu-cluster$c.log" | tail -n 30
+    done
+  fi
 fi
 if [ "$what" = profile ]; then
   ncu -k regex:socd --section SpeedOfLight --section WarpStateStats --section MemoryWorkloadAnalysis \

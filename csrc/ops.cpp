@@ -25,4 +25,10 @@ TORCH_LIBRARY(detox, m) {
   m.def(
       "sasa_reweight(Tensor(a!) logits, Tensor ids, Tensor hidden, Tensor direction, Tensor midpoint, "
       "Tensor beta, Tensor? valid, Tensor(b!) margins, int weighting) -> ()");
+  // Fused temperature / top-k / top-p sampling (contract: detox_kernels/reference/sampling.py):
+  // writes into `out` [B] int64 the token drawn by inverse CDF with uniform [B] f32 in [0, 1) from
+  // the warped scores of logits [B, V]. top_k 0 (or >= V) and top_p 1.0 are off.
+  m.def(
+      "sample_top_k_top_p(Tensor logits, Tensor uniform, Tensor(a!) out, int top_k, float top_p, "
+      "float temperature) -> ()");
 }

@@ -9,6 +9,7 @@ are under :mod:`detox_kernels.ops`; the contracts are in ``docs/kernels.md``.
 from . import _ext  # noqa: F401  (loads the compiled ops, or warns once and falls back)
 from .dispatch import BackendUnavailableError, BoundOp, resolve_backend
 from .ops.reversal import reverse_toxification_
+from .ops.sampling import sample_top_k_top_p
 from .ops.sasa import sasa_reweight
 from .ops.socd import SocdStats, socd
 
@@ -18,6 +19,7 @@ __all__ = [
     "SocdStats",
     "reverse_toxification_",
     "sasa_reweight",
+    "sample_top_k_top_p",
     "resolve_backend",
     "BoundOp",
     "BackendUnavailableError",

@@ -14,7 +14,7 @@ import torch
 _C = None
 LOAD_ERROR: str | None = None
 # Every op csrc/ops.cpp declares; an extension built from older sources lacks some of them.
-OPS = ("socd", "reverse_toxification_", "sasa_reweight")
+OPS = ("socd", "reverse_toxification_", "sasa_reweight", "sample_top_k_top_p")
 
 
 def _torch_release(version: str) -> str:

@@ -150,7 +150,8 @@ class BoundOp:
 def resolve_backend(op_name: str, *example_args, backend: str | None = None, **example_kwargs) -> BoundOp:
     """Pick the backend of ``op_name`` once, for inputs like ``example_args`` / ``example_kwargs``.
 
-    ``op_name`` is ``"socd"``, ``"sasa_reweight"`` or ``"reverse_toxification_"``; the example
+    ``op_name`` is ``"socd"``, ``"sasa_reweight"``, ``"reverse_toxification_"`` or
+    ``"sample_top_k_top_p"``; the example
     arguments are those of the op (e.g. ``resolve_backend("socd", base, toxic)``) and are checked
     exactly as the op checks them, but nothing is computed or written. ``backend`` (else
     ``DETOX_BACKEND``, read now) forces one as in the op.

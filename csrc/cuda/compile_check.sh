@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Compile check of the CUDA backends on a machine without a GPU (run from anywhere; CI runs it
-# from the repository root). For each of SoCD, reversal and SASA (check_cuda_backend in
+# from the repository root). For each of SoCD, reversal, SASA and sampling (check_cuda_backend in
 # compile_lib.sh):
 #   - nvcc compiles the torch-free <op>_cuda.cu (kernel + launcher) for sm_80 and sm_90 with the
 #     flags of setup.py; fails on any error, any compiler warning, any register spill or stack
 #     frame (a kernel that no longer fits its register budget) and another number of kernels;
 #   - syntax check of the torch binding <op>_binding.cpp with the host compiler, when torch is
 #     importable and ships the c10/cuda headers (skipped otherwise).
-# Then the CPU emulation test of the SoCD kernel's device logic (emu/run_emu_test.sh quick).
+# Then the CPU emulation tests of the SoCD and sampling kernels' device logic (emu/run_emu_test.sh
+# quick, emu/run_sampling_emu_test.sh).
 # Without nvcc the whole check is skipped (exit 0) unless DETOX_REQUIRE_NVCC=1.
 # DETOX_SKIP_EMU=1 skips the emulation test.
 set -euo pipefail
@@ -55,6 +56,16 @@ fi
 
 check_cuda_backend "3. reversal" reversal_cuda.cu 6 "3 dtypes x 2 archs" reversal_binding.cpp ptxas_lines || status=1
 check_cuda_backend "4. SASA" sasa_cuda.cu 18 "3 logits x 3 hidden dtypes x 2 archs" sasa_binding.cpp || status=1
+check_cuda_backend "5. sampling" sampling_cuda.cu 6 "3 dtypes x 2 archs" sampling_binding.cpp ptxas_lines || status=1
+
+echo "== 6. sampling: CPU emulation of the kernel's device logic"
+if [[ "${DETOX_SKIP_EMU:-0}" == "1" ]]; then
+  echo "   SKIP (DETOX_SKIP_EMU=1)"
+elif ! bash "$HERE/emu/run_sampling_emu_test.sh" >"$TMP/samp_emu.log" 2>&1; then
+  echo "FAIL: sampling emulation test"; cat "$TMP/samp_emu.log"; status=1
+else
+  tail -1 "$TMP/samp_emu.log" | sed 's/^/   /'
+fi
 
 if [[ $status -eq 0 ]]; then echo "compile_check: OK"; else echo "compile_check: FAILED"; fi
 exit $status

@@ -5,11 +5,12 @@
 //
 // A. socd_kernel: one CTA per row (grid-stride over rows), any sm_80+ GPU, any width. Passes:
 //   1. online softmax statistics of x and y (max, sum of exp, and E[x - y] / E[y - x] for the
-//      KL divergences) and the validity flags (NaN / +inf / all -inf);
+//      KL divergences; one branch-free exp2 per element and input) and the validity flags
+//      (NaN / +inf / all -inf);
 //   2. the candidates key = y - x > c (c = lse(y) - lse(x)): count npos and the first radix
 //      histogram (11 bits) of ordered_bits(key), plus the jsd/tvd/l2 divergence sum;
 //      alpha and k are computed on the device, m = min(k, npos);
-//   3. radix select of the m-th largest key: three more rounds of 7 bits restricted to the
+//   3. radix select of the m-th largest key: two more rounds of 11 and 10 bits restricted to the
 //      candidates and the prefix found so far. Each global round also gathers the
 //      (ordered key, id) pairs matching its prefix into a shared-memory list when they fit
 //      (pass 2 opportunistically gathers all candidates until the list overflows), so that the
@@ -23,7 +24,7 @@
 //   Early exits: invalid rows and m == 0 skip 2-4, m == npos skips 3-4, a radix bucket that is
 //   taken whole ends the select.
 //
-// B. socd_cluster_kernel (sm_90+): a cluster of kClusterSize CTAs per row, each holding its
+// B. socd_cluster_kernel (sm_90+): a cluster of 8 or 16 CTAs per row, each holding its
 //   columns of x and y in shared memory (one global read and one write of the row); the same
 //   passes run on shared memory, and the per-CTA partials (statistics, histograms, sums, tie
 //   counts) are merged through distributed shared memory. See "Cluster path" below.
@@ -76,6 +77,10 @@ SOCD_DEV uint32_t atomic_add(uint32_t* a, uint32_t v) { return atomicAdd(a, v); 
 SOCD_DEV uint32_t load_volatile(const uint32_t* a) { return *reinterpret_cast<const volatile uint32_t*>(a); }
 SOCD_DEV int popc(uint32_t v) { return __popc(v); }
 SOCD_DEV float fexp(float v) { return expf(v); }
+// 2^v: MUFU.EX2 plus the denormal scaling (no range reduction, unlike expf); the kernels call it
+// with arguments pre-scaled by log2(e) (fexp2(v * kLog2e) = e^v to about 2 ulp).
+SOCD_DEV float fexp2(float v) { return exp2f(v); }
+SOCD_DEV unsigned cluster_size();
 SOCD_DEV float flog(float v) { return logf(v); }
 SOCD_DEV float fsqrt(float v) { return sqrtf(v); }
 // No FMA contraction in the output formula: x - round(alpha * s), as the CPU kernel computes it.
@@ -107,6 +112,16 @@ SOCD_DEV void cluster_sync() {
   asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
 #else
   __trap();
+#endif
+}
+SOCD_DEV unsigned cluster_size() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  unsigned r;
+  asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(r));
+  return r;
+#else
+  __trap();
+  return 1;
 #endif
 }
 SOCD_DEV unsigned cluster_rank() {
@@ -156,9 +171,13 @@ SOCD_DEV P* map_shared(P* p, unsigned rank) {
 
 namespace socd {
 
-constexpr int kMaxBins = 2048;                      // first radix digit: 11 bits
-SOCD_DEV int digit_bits(int r) { return r == 0 ? 11 : 7; }
-SOCD_DEV int digit_shift(int r) { return 21 - 7 * r; }  // 21, 14, 7, 0
+constexpr int kMaxBins = 2048;  // radix digits of at most 11 bits
+// Three rounds of 11, 11 and 10 bits cover the 32-bit ordered key (and the 32-bit ~id of the tie
+// select): one global round fewer than 11 + 7 + 7 + 7, for the same 2048-bin histogram.
+constexpr int kRounds = 3;
+SOCD_DEV int digit_bits(int r) { return r == 2 ? 10 : 11; }
+SOCD_DEV int digit_shift(int r) { return r == 0 ? 21 : r == 1 ? 10 : 0; }  // 21, 10, 0
+constexpr float kLog2e = 1.4426950408889634f;
 constexpr uint32_t kAllIds = 0xffffffffu;
 
 // Element storage traits: raw bits (zero-extended to 32) <-> float.
@@ -216,23 +235,23 @@ SOCD_DEV bool is_finite(float f) { return (dev::f2u(f) & 0x7f800000u) != 0x7f800
 struct Online {
   float m, s, t;
 };
+// One exponential per element and no branch: e = 2^((min(m, v) - max(m, v)) log2 e) is the
+// factor of whichever of the running sum and the new term is the smaller one (0 when o.m ==
+// -inf). v is finite or NaN (a NaN row is invalid whatever the sums hold).
 SOCD_DEV void online_add(Online& o, float v, float diff) {
-  if (v > o.m) {
-    const float sc = dev::fexp(o.m - v);  // 0 when o.m == -inf
-    o.s = o.s * sc + 1.f;
-    o.t = o.t * sc + diff;
-    o.m = v;
-  } else {
-    const float e = dev::fexp(v - o.m);
-    o.s += e;
-    o.t += e * diff;
-  }
+  const bool up = v > o.m;
+  const float hi = up ? v : o.m;
+  const float lo = up ? o.m : v;
+  const float e = dev::fexp2((lo - hi) * kLog2e);
+  o.s = up ? fmaf(o.s, e, 1.f) : o.s + e;
+  o.t = up ? fmaf(o.t, e, diff) : fmaf(e, diff, o.t);
+  o.m = hi;
 }
 SOCD_DEV Online online_merge(const Online& a, const Online& b) {
   const float M = fmaxf(a.m, b.m);
   if (M == -f_inf()) return a;  // both empty (s = t = 0)
-  const float fa = a.m == -f_inf() ? 0.f : dev::fexp(a.m - M);
-  const float fb = b.m == -f_inf() ? 0.f : dev::fexp(b.m - M);
+  const float fa = a.m == -f_inf() ? 0.f : dev::fexp2((a.m - M) * kLog2e);
+  const float fb = b.m == -f_inf() ? 0.f : dev::fexp2((b.m - M) * kLog2e);
   return Online{M, a.s * fa + b.s * fb, a.t * fa + b.t * fb};
 }
 
@@ -521,6 +540,7 @@ struct Row {
       const float lse_x = ox.m + dev::flog(ox.s);
       const float lse_y = oy.m + dev::flog(oy.s);
       c = lse_y - lse_x;
+      const float lx2 = lse_x * kLog2e, ly2 = lse_y * kLog2e;
       if (kl) {
         const float fkl = (flags & 2u) ? f_inf() : ox.t / ox.s - lse_x + lse_y;
         const float rkl = (flags & 4u) ? f_inf() : oy.t / oy.s - lse_y + lse_x;
@@ -557,7 +577,8 @@ struct Row {
               }
               if (!kl) {
                 const float lp = a - lse_x, lq = b - lse_y;
-                const float pj = dev::fexp(lp), qj = dev::fexp(lq);  // 0 for -inf
+                // one FFMA + EX2 each (lse pre-scaled by log2 e); 0 for -inf
+                const float pj = dev::fexp2(fmaf(a, kLog2e, -lx2)), qj = dev::fexp2(fmaf(b, kLog2e, -ly2));
                 if (div == int(Divergence::TVD)) {
                   acc += fabsf(pj - qj);
                 } else if (div == int(Divergence::L2)) {
@@ -609,7 +630,7 @@ struct Row {
           uint32_t mask = dmask0 << shift0;
           uint32_t H = p0.count;  // candidates matching the prefix
           bool done = H == need;
-          for (int r = 1; r < 4 && !done; ++r) {
+          for (int r = 1; r < kRounds && !done; ++r) {
             const int shift = digit_shift(r);
             const uint32_t dmask = (1u << digit_bits(r)) - 1u;
             dev::sync();  // the previous pick's readers of s.hist are done
@@ -668,7 +689,7 @@ struct Row {
               // radix select of the need-th largest ~id among the list's ties
               uint32_t ipref = 0, imask = 0;
               bool idone = false;
-              for (int r = 0; r < 4 && !idone; ++r) {
+              for (int r = 0; r < kRounds && !idone; ++r) {
                 const int shift = digit_shift(r);
                 const uint32_t dmask = (1u << digit_bits(r)) - 1u;
                 dev::sync();
@@ -819,7 +840,10 @@ SOCD_DEV void socd_rows(const T* x, const T* y, T* out, const SocdParams& p, boo
 // partial results (softmax statistics, histograms, divergence sums, tie counts) are merged through
 // distributed shared memory, every CTA merging all ranks in rank order (so all CTAs agree bit for
 // bit without a broadcast). Same selection rule as the single-CTA path.
+// Cluster sizes: 8 (portable) by default, 16 (non-portable, sm_90) at small batch where one row
+// on more SMs shortens the step; the kernel reads the size at run time (%cluster_nctarank).
 constexpr int kClusterSize = 8;
+constexpr int kMaxClusterSize = 16;
 
 template <int BLOCK>
 struct ClusterHead {
@@ -830,9 +854,9 @@ struct ClusterHead {
   float lacc;                     // this CTA's jsd/tvd/l2 sum
   uint32_t lties;                 // this CTA's ties at the threshold
 };
-// Columns per CTA: ceil(cols / kClusterSize) rounded up to whole 16-byte slots (ve elements).
-DETOX_HD constexpr int64_t cluster_chunk(int64_t cols, int64_t ve) {
-  return ((cols + kClusterSize - 1) / kClusterSize + ve - 1) / ve * ve;
+// Columns per CTA: ceil(cols / cs) rounded up to whole 16-byte slots (ve elements).
+DETOX_HD constexpr int64_t cluster_chunk(int64_t cols, int64_t ve, int64_t cs = kClusterSize) {
+  return ((cols + cs - 1) / cs + ve - 1) / ve * ve;
 }
 // Bytes of dynamic shared memory for a chunk of `chunk` elements of T.
 template <typename T, int BLOCK>
@@ -848,13 +872,14 @@ struct ClusterRow {
   T* xs;  // shared copies of this CTA's chunk
   T* ys;
   unsigned tid, lane, warp, rank;
+  unsigned cs;  // CTAs in the cluster
 
   // Merges the CTAs' histograms hd.lhist[buf] into hd.base.hist (bins [0, nbins)).
   SOCD_DEV void merge_hist(int buf, int nbins) {
     for (int b = static_cast<int>(tid); b < nbins; b += BLOCK) {
       uint32_t sum = 0;
 #pragma unroll
-      for (int q = 0; q < kClusterSize; ++q) sum += dev::map_shared(&hd.lhist[buf][0], q)[b];
+      for (unsigned q = 0; q < cs; ++q) sum += dev::map_shared(&hd.lhist[buf][0], q)[b];
       hd.base.hist[b] = sum;
     }
   }
@@ -940,7 +965,7 @@ struct ClusterRow {
     ox = Online{ninf, 0.f, 0.f};
     oy = Online{ninf, 0.f, 0.f};
     flags = 0;
-    for (int q = 0; q < kClusterSize; ++q) {
+    for (unsigned q = 0; q < cs; ++q) {
       const float* st = dev::map_shared(&hd.lstat[0], q);
       ox = online_merge(ox, Online{st[0], st[1], st[2]});
       oy = online_merge(oy, Online{st[3], st[4], st[5]});
@@ -962,6 +987,7 @@ struct ClusterRow {
       const float lse_x = ox.m + dev::flog(ox.s);
       const float lse_y = oy.m + dev::flog(oy.s);
       c = lse_y - lse_x;
+      const float lx2 = lse_x * kLog2e, ly2 = lse_y * kLog2e;
       if (kl) {
         const float fkl = (flags & 2u) ? f_inf() : ox.t / ox.s - lse_x + lse_y;
         const float rkl = (flags & 4u) ? f_inf() : oy.t / oy.s - lse_y + lse_x;
@@ -988,7 +1014,7 @@ struct ClusterRow {
               if (key > c) dev::atomic_add(&hd.lhist[0][(ordered_bits(key) >> shift0) & dmask0], 1u);
               if (!kl) {
                 const float lp = a - lse_x, lq = b - lse_y;
-                const float pj = dev::fexp(lp), qj = dev::fexp(lq);
+                const float pj = dev::fexp2(fmaf(a, kLog2e, -lx2)), qj = dev::fexp2(fmaf(b, kLog2e, -ly2));
                 if (div == int(Divergence::TVD)) {
                   acc += fabsf(pj - qj);
                 } else if (div == int(Divergence::L2)) {
@@ -1013,7 +1039,7 @@ struct ClusterRow {
         merge_hist(0, 1 << digit_bits(0));
         if (!kl) {
           float sum = 0.f;
-          for (int q = 0; q < kClusterSize; ++q) sum += *dev::map_shared(&hd.lacc, q);
+          for (unsigned q = 0; q < cs; ++q) sum += *dev::map_shared(&hd.lacc, q);
           d = div == int(Divergence::L2) ? dev::fsqrt(sum) : 0.5f * sum;
           if (is_finite(d)) {
             alpha = socd_alpha(d);
@@ -1038,7 +1064,7 @@ struct ClusterRow {
           uint32_t mask = dmask0 << shift0;
           uint32_t H = p0.count;
           bool done = H == need;
-          for (int rd = 1; rd < 4 && !done; ++rd) {
+          for (int rd = 1; rd < kRounds && !done; ++rd) {
             const int shift = digit_shift(rd);
             const uint32_t dmask = (1u << digit_bits(rd)) - 1u;
             const int buf = rd & 1;
@@ -1149,7 +1175,7 @@ SOCD_DEV void socd_cluster_rows(const T* x, const T* y, T* out, const SocdParams
   T* xs = reinterpret_cast<T*>(smem + head);
   T* ys = xs + chunk;
   const unsigned tid = dev::thread_id();
-  ClusterRow<T, BLOCK, VE> cr{hd, xs, ys, tid, tid & 31u, tid >> 5, dev::cluster_rank()};
+  ClusterRow<T, BLOCK, VE> cr{hd, xs, ys, tid, tid & 31u, tid >> 5, dev::cluster_rank(), dev::cluster_size()};
   for (int64_t row = dev::cluster_id(); row < p.rows; row += dev::num_clusters()) {
     cr.run(x + row * p.x_stride, y + row * p.y_stride, out + row * p.out_stride, p, chunk, inplace, alpha + row,
            div + row, k + row);
@@ -1170,10 +1196,12 @@ __global__ void __launch_bounds__(BLOCK, 2) socd_kernel(const T* x, const T* y, 
   socd::socd_rows<T, BLOCK, CAP, VE>(x, y, out, p, inplace, alpha, div, k, smem);
 }
 
-// Cluster path: launched with a cluster dimension of socd::kClusterSize and
+// Cluster path: at most 64 registers at 512 threads (__launch_bounds__(BLOCK, 2)), so that two
+// CTAs share an SM wherever their shared memory fits (e.g. fp32 rows of 151,936 in 16-CTA
+// clusters, bf16 rows in 8-CTA clusters); launched with a cluster dimension of 8 or 16 and
 // socd::cluster_smem_bytes<T, BLOCK>(chunk) bytes of dynamic shared memory, on sm_90+ only.
 template <typename T, int BLOCK, int VE>
-__global__ void __launch_bounds__(BLOCK, 1) socd_cluster_kernel(const T* x, const T* y, T* out, SocdParams p,
+__global__ void __launch_bounds__(BLOCK, 2) socd_cluster_kernel(const T* x, const T* y, T* out, SocdParams p,
                                                                 int64_t chunk, bool inplace, float* alpha,
                                                                 float* div, int32_t* k) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900

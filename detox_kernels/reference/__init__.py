@@ -1,5 +1,6 @@
 """Float64 PyTorch references: the definition every backend is tested against."""
 
+from .sampling import sample_top_k_top_p_reference, warped_scores_reference
 from .sasa import (
     MODES as SASA_MODES,
     sasa_margins_reference,
@@ -16,6 +17,8 @@ from .socd import (
 )
 
 __all__ = [
+    "sample_top_k_top_p_reference",
+    "warped_scores_reference",
     "SASA_MODES",
     "sasa_margins_reference",
     "sasa_reweight_reference",

@@ -7,20 +7,22 @@ f32 and ``k`` [B] i32. One Triton program handles one row (grid ``(B,)``) and lo
 ``BLOCK``-sized chunks, accumulating in fp32 per lane (the lanes' partial sums are combined in
 float64, and the KL divergences are formed in float64, as in the C++ kernel):
 
-1. max of ``x`` and ``y`` and the validity flags (NaN / +inf in ``x[:V]`` or ``y[:V]``, or a row
+1. one read for the softmax statistics: running maxima of ``x`` and ``y`` per chunk, per-lane
+   sums of ``exp2((v - max) log2 e)`` rescaled when a chunk raises the maximum (one exponential
+   per element and input), ``E_p[x - y]``, ``E_q[y - x]`` for fkl / rkl / skl (-inf entries as in
+   ``csrc/cpu/socd_cpu.h``) and the validity flags (NaN / +inf in ``x[:V]`` or ``y[:V]``, or a row
    that is entirely -inf: divergence NaN, alpha 0, k 0, row copied);
-2. the softmax sums, and ``E_p[x - y]``, ``E_q[y - x]`` for fkl / rkl / skl (-inf entries as in
-   ``csrc/cpu/socd_cpu.h``); jsd / tvd / l2 take one more pass over the normalised p and q;
+2. one read for the candidates ``key = y - x > c`` (float32 key, ``c = lse(y) - lse(x)``) and
+   the first radix histogram (top 11 bits of the key's order-preserving uint32 image, 2048 bins),
+   and in the same read the jsd / tvd / l2 sums over the normalised p and q;
 3. ``alpha`` and ``k`` with the float32 formulas of ``csrc/common/socd_params.h``;
-4. the candidates ``key = y - x > c`` (float32 key, ``c = lse(y) - lse(x)``), counted together
-   with the first radix round; ``m = min(k, #candidates)``;
-5. when ``0 < m < #candidates``: an exact radix select of the m-th largest key over the
-   order-preserving uint32 image of the key (up to 4 rounds of 8 bits, ``tl.histogram`` with
-   256 bins, restricted to the candidates that share the prefix found so far; it stops early
-   once the bin holding the m-th key is taken whole), giving the threshold ``T`` and the
-   number ``G`` of candidates above it; the ``m - G`` candidates equal to ``T`` with the lowest
-   token ids are taken as well (a running count over the chunks in token order);
-6. the write: ``out = x - alpha * |y|`` (or ``alpha * y``) on the selected tokens, computed in
+   ``m = min(k, #candidates)``;
+4. when ``0 < m < #candidates``: the rest of an exact radix select of the m-th largest key
+   (rounds of 11 and 10 more bits, ``tl.histogram``, restricted to the candidates that share the
+   prefix found so far; it stops early once the bin holding the m-th key is taken whole), giving
+   the threshold ``T``; the candidates equal to ``T`` that are still needed are the ones with
+   the lowest token ids (a running count over the chunks in token order, in the write);
+5. the write: ``out = x - alpha * |y|`` (or ``alpha * y``) on the selected tokens, computed in
    fp32 and rounded to the output dtype; ``out = x`` elsewhere (not written when ``out`` is
    ``base``); the padded columns ``>= vocab_size`` are copied.
 
@@ -52,7 +54,7 @@ DIVERGENCE_KINDS = ("fkl", "rkl", "skl", "jsd", "tvd", "l2")  # op codes 0..5
 GPU_BLOCK = 4096
 GPU_NUM_WARPS = 16
 INTERPRET_MAX_BLOCK = 1 << 16
-MIN_BLOCK = 256  # at least the 256 histogram bins wide
+MIN_BLOCK = 2048  # at least the 2048 histogram bins wide
 
 if AVAILABLE:
     # Reductions go through tl.reduce / tl.associative_scan with Triton's own combine functions
@@ -90,24 +92,61 @@ if AVAILABLE:
         xr = x_ptr + row * x_stride
         yr = y_ptr + row * y_stride
         orow = out_ptr + row * out_stride
+        LOG2E: tl.constexpr = 1.4426950408889634
+        NBINS: tl.constexpr = 2048  # radix digits of up to 11 bits
         lanes = tl.arange(0, BLOCK)
-        bins = tl.arange(0, 256)
+        bins = tl.arange(0, NBINS)
 
-        # ---- pass 1: maxima and validity ------------------------------------------------------
-        mx_v = tl.full([BLOCK], NINF, tl.float32)
-        my_v = tl.full([BLOCK], NINF, tl.float32)
+        # ---- pass 1: softmax statistics and validity, online -----------------------------------
+        # Running maxima (scalars) and per-lane sums rescaled when a chunk raises the maximum:
+        # one exponential per element and input (exp2 of a pre-scaled argument), one read.
+        mx = tl.full([], NINF, tl.float32)
+        my = tl.full([], NINF, tl.float32)
+        sx_v = tl.full([BLOCK], 0, tl.float32)
+        sy_v = tl.full([BLOCK], 0, tl.float32)
         bad_v = tl.full([BLOCK], 0, tl.int1)
+        if DIV <= 2:
+            ax_v = tl.full([BLOCK], 0, tl.float32)  # sum e^(x-mx) (x - y)
+            ay_v = tl.full([BLOCK], 0, tl.float32)  # sum e^(y-my) (y - x)
+            finf_v = tl.full([BLOCK], 0, tl.int1)  # p_j > 0 = q_j somewhere: fkl = +inf
+            rinf_v = tl.full([BLOCK], 0, tl.int1)  # q_j > 0 = p_j somewhere: rkl = +inf
         for start in range(0, V, BLOCK):
             offs = start + lanes
             msk = offs < V
             a = tl.load(xr + offs, mask=msk, other=NINF).to(tl.float32)
             b = tl.load(yr + offs, mask=msk, other=NINF).to(tl.float32)
-            mx_v = tl.maximum(mx_v, a)
-            my_v = tl.maximum(my_v, b)
             # NaN and +inf are exactly the values that are not < +inf
             bad_v = bad_v | (((a < PINF) & (b < PINF)) == 0)
-        mx = tl.reduce(mx_v, 0, _max_combine)
-        my = tl.reduce(my_v, 0, _max_combine)
+            a_fin = a > NINF
+            b_fin = b > NINF
+            # the chunk's maxima (NaN entries make the row invalid; keep them out of the max)
+            nx = tl.maximum(mx, tl.reduce(tl.where(a_fin & (a < PINF), a, NINF), 0, _max_combine))
+            ny = tl.maximum(my, tl.reduce(tl.where(b_fin & (b < PINF), b, NINF), 0, _max_combine))
+            # rescale factors of the running sums (1 while the maximum stays, 0 from -inf; no
+            # -inf - -inf evaluated)
+            gx = nx == NINF
+            gy = ny == NINF
+            fx = tl.exp2((tl.where(gx, 0.0, mx) - tl.where(gx, 0.0, nx)) * LOG2E)
+            fy = tl.exp2((tl.where(gy, 0.0, my) - tl.where(gy, 0.0, ny)) * LOG2E)
+            rx = tl.where(gx, 0.0, nx * LOG2E)
+            ry = tl.where(gy, 0.0, ny * LOG2E)
+            # +inf entries (an invalid row) are kept out of the sums, too
+            ea = tl.where(a_fin & (a < PINF), tl.exp2(a * LOG2E - rx), 0.0)
+            eb = tl.where(b_fin & (b < PINF), tl.exp2(b * LOG2E - ry), 0.0)
+            sx_v = sx_v * fx + ea
+            sy_v = sy_v * fy + eb
+            if DIV <= 2:
+                both = a_fin & b_fin
+                # terms with p_j = 0 contribute 0; p_j > 0 with q_j = 0 gives +inf
+                diff = tl.where(both, a, 0.0) - tl.where(both, b, 0.0)
+                if DIV != 1:
+                    ax_v = ax_v * fx + ea * diff
+                    finf_v = finf_v | (a_fin & (b_fin == 0))
+                if DIV != 0:
+                    ay_v = ay_v * fy - eb * diff
+                    rinf_v = rinf_v | (b_fin & (a_fin == 0))
+            mx = nx
+            my = ny
         n_bad = tl.reduce(bad_v.to(tl.int32), 0, _sum_combine)
         valid = (n_bad == 0) & (mx > NINF) & (my > NINF)
 
@@ -118,41 +157,14 @@ if AVAILABLE:
         n_tie = 0  # tokens equal to the threshold that are taken (lowest ids first)
         c = 0.0
         if valid:
-            # ---- pass 2: softmax sums (and the KL expectations) -------------------------------
-            sx_v = tl.full([BLOCK], 0, tl.float32)
-            sy_v = tl.full([BLOCK], 0, tl.float32)
-            if DIV <= 2:
-                ax_v = tl.full([BLOCK], 0, tl.float32)  # sum e^(x-mx) (x - y)
-                ay_v = tl.full([BLOCK], 0, tl.float32)  # sum e^(y-my) (y - x)
-                finf_v = tl.full([BLOCK], 0, tl.int1)  # p_j > 0 = q_j somewhere: fkl = +inf
-                rinf_v = tl.full([BLOCK], 0, tl.int1)  # q_j > 0 = p_j somewhere: rkl = +inf
-            for start in range(0, V, BLOCK):
-                offs = start + lanes
-                msk = offs < V
-                a = tl.load(xr + offs, mask=msk, other=NINF).to(tl.float32)
-                b = tl.load(yr + offs, mask=msk, other=NINF).to(tl.float32)
-                ea = tl.exp(a - mx)
-                eb = tl.exp(b - my)
-                sx_v += ea
-                sy_v += eb
-                if DIV <= 2:
-                    a_fin = a > NINF
-                    b_fin = b > NINF
-                    both = a_fin & b_fin
-                    # terms with p_j = 0 contribute 0; p_j > 0 with q_j = 0 gives +inf
-                    diff = tl.where(both, a, 0.0) - tl.where(both, b, 0.0)
-                    if DIV != 1:
-                        ax_v += ea * diff
-                        finf_v = finf_v | (a_fin & (b_fin == 0))
-                    if DIV != 0:
-                        ay_v -= eb * diff
-                        rinf_v = rinf_v | (b_fin & (a_fin == 0))
             # fp32 per lane, the lanes combined in float64 (as the C++ kernel's double sums)
             sx64 = tl.reduce(sx_v.to(tl.float64), 0, _sum_combine)
             sy64 = tl.reduce(sy_v.to(tl.float64), 0, _sum_combine)
             lse_x = mx + tl.log(sx64).to(tl.float32)
             lse_y = my + tl.log(sy64).to(tl.float32)
             c = lse_y - lse_x
+            lx2 = lse_x * LOG2E
+            ly2 = lse_y * LOG2E
 
             if DIV <= 2:
                 # E_p[x - y] - lse(x) + lse(y) cancels: combine the sums in float64, as the C++
@@ -175,31 +187,42 @@ if AVAILABLE:
                     d = rkl
                 else:
                     d = 0.5 * (fkl + rkl)
-            else:
-                # ---- pass 3: divergences of the normalised p and q ----------------------------
-                acc_v = tl.full([BLOCK], 0, tl.float32)
-                for start in range(0, V, BLOCK):
-                    offs = start + lanes
-                    msk = offs < V
-                    a = tl.load(xr + offs, mask=msk, other=NINF).to(tl.float32)
-                    b = tl.load(yr + offs, mask=msk, other=NINF).to(tl.float32)
-                    if DIV == 3:  # jsd: 1/2 sum p log(p/m) + 1/2 sum q log(q/m), m = (p+q)/2
-                        a_fin = a > NINF
-                        b_fin = b > NINF
-                        lp = tl.where(a_fin, a - lse_x, 0.0)
-                        lq = tl.where(b_fin, b - lse_y, 0.0)
-                        pj = tl.where(a_fin, tl.exp(lp), 0.0)
-                        qj = tl.where(b_fin, tl.exp(lq), 0.0)
-                        mj = 0.5 * (pj + qj)
-                        lm = tl.log(tl.where(mj > 0.0, mj, 1.0))
-                        acc_v += pj * (lp - lm) + qj * (lq - lm)
+
+            # ---- pass 2: candidates key > c and the first radix round (top 11 bits); for jsd,
+            # tvd and l2 the divergence of the normalised p and q in the same read ---------------
+            hist = tl.full([NBINS], 0, tl.int32)
+            acc_v = tl.full([BLOCK], 0, tl.float32)
+            for start in range(0, V, BLOCK):
+                offs = start + lanes
+                msk = offs < V
+                a = tl.load(xr + offs, mask=msk, other=NINF).to(tl.float32)
+                b = tl.load(yr + offs, mask=msk, other=NINF).to(tl.float32)
+                if DIV == 3:  # jsd: 1/2 sum p log(p/m) + 1/2 sum q log(q/m), m = (p+q)/2
+                    a_fin = a > NINF
+                    b_fin = b > NINF
+                    lp = tl.where(a_fin, a - lse_x, 0.0)
+                    lq = tl.where(b_fin, b - lse_y, 0.0)
+                    pj = tl.where(a_fin, tl.exp2(a * LOG2E - lx2), 0.0)
+                    qj = tl.where(b_fin, tl.exp2(b * LOG2E - ly2), 0.0)
+                    mj = 0.5 * (pj + qj)
+                    lm = tl.log(tl.where(mj > 0.0, mj, 1.0))
+                    acc_v += pj * (lp - lm) + qj * (lq - lm)
+                elif DIV >= 4:
+                    pj = tl.exp2(a * LOG2E - lx2)  # 0 for -inf (masked lanes too)
+                    qj = tl.exp2(b * LOG2E - ly2)
+                    if DIV == 4:
+                        acc_v += tl.abs(pj - qj)
                     else:
-                        pj = tl.exp(a - lse_x)
-                        qj = tl.exp(b - lse_y)
-                        if DIV == 4:
-                            acc_v += tl.abs(pj - qj)
-                        else:
-                            acc_v += (pj - qj) * (pj - qj)
+                        acc_v += (pj - qj) * (pj - qj)
+                # key = y - x (float32); y = -inf (masked lanes too) gives -inf, never a candidate,
+                # and -0.0 is folded into +0.0 so that equal keys have equal images
+                key = b - tl.where(b == NINF, 0.0, a)
+                key = tl.where(key == 0.0, 0.0, key)
+                kb = key.to(tl.uint32, bitcast=True)
+                u = tl.where((kb & 0x80000000) != 0, kb ^ 0xFFFFFFFF, kb | 0x80000000)
+                cand = key > c
+                hist += tl.histogram((u >> 21).to(tl.int32), NBINS, mask=cand)
+            if DIV >= 3:
                 acc = tl.reduce(acc_v.to(tl.float64), 0, _sum_combine)
                 if DIV == 5:
                     d = tl.sqrt(acc).to(tl.float32)  # float64 sqrt is IEEE-rounded
@@ -225,33 +248,18 @@ if AVAILABLE:
                 kf = tl.floor(s)
             kk = tl.minimum(tl.maximum(kf.to(tl.int32), k_min), k_max)
 
-            # ---- pass 4: candidates key > c, and the first radix round (top 8 bits) -----------
-            hist = tl.full([256], 0, tl.int32)
-            for start in range(0, V, BLOCK):
-                offs = start + lanes
-                msk = offs < V
-                a = tl.load(xr + offs, mask=msk, other=0.0).to(tl.float32)
-                b = tl.load(yr + offs, mask=msk, other=NINF).to(tl.float32)
-                # key = y - x (float32); y = -inf (masked lanes too) gives -inf, never a candidate,
-                # and -0.0 is folded into +0.0 so that equal keys have equal images
-                key = b - tl.where(b == NINF, 0.0, a)
-                key = tl.where(key == 0.0, 0.0, key)
-                kb = key.to(tl.uint32, bitcast=True)
-                u = tl.where((kb & 0x80000000) != 0, kb ^ 0xFFFFFFFF, kb | 0x80000000)
-                cand = key > c
-                hist += tl.histogram((u >> 24).to(tl.int32), 256, mask=cand)
             npos = tl.reduce(hist, 0, _sum_combine)
             m = tl.where(finite, tl.minimum(kk, npos), 0)
 
             # default: every candidate (m == npos), or none (m == 0)
             thr = tl.where(m > 0, tl.full([], 0, tl.uint32), thr)
             if (m > 0) & (m < npos):
-                # ---- radix select of the m-th largest key, 8 bits a round, top bits first ------
-                # Each round finds the bin b holding the rem-th largest live key, counts the live
-                # keys in bins above b (all taken) and keeps the keys in b live for the next round.
-                # If b is taken whole (its count equals rem), the selection is settled: the
+                # ---- radix select of the m-th largest key: rounds of 11, 11 and 10 bits, top bits
+                # first. Each round finds the bin b holding the rem-th largest live key, counts the
+                # live keys in bins above b (all taken) and keeps the keys in b live for the next
+                # round. If b is taken whole (its count equals rem), the selection is settled: the
                 # threshold is the lowest value of b and every key in b is taken.
-                shift = 24
+                shift = tl.full([], 21, tl.uint32)
                 total = tl.reduce(hist, 0, _sum_combine)
                 above = total - tl.associative_scan(hist, 0, _sum_combine)
                 hit = (above < m) & (above + hist >= m)  # exactly one bin, and it is not empty
@@ -259,21 +267,23 @@ if AVAILABLE:
                 n_above = tl.reduce(tl.where(hit, above, 0), 0, _sum_combine)
                 n_bin = tl.reduce(tl.where(hit, hist, 0), 0, _sum_combine)
                 rem = m - n_above
-                prefix = bsel.to(tl.uint32)
+                prefix = bsel.to(tl.uint32)  # the key bits above `shift` of the selected keys
                 while (shift > 0) & (n_bin > rem):
-                    shift -= 8
-                    hist = tl.full([256], 0, tl.int32)
+                    nshift = tl.where(shift == 21, 10, 0).to(tl.uint32)
+                    width = shift - nshift
+                    hist = tl.full([NBINS], 0, tl.int32)
                     for start in range(0, V, BLOCK):
                         offs = start + lanes
                         msk = offs < V
                         a = tl.load(xr + offs, mask=msk, other=0.0).to(tl.float32)
                         b = tl.load(yr + offs, mask=msk, other=NINF).to(tl.float32)
-                        key = b - tl.where(b == NINF, 0.0, a)  # as in pass 4
+                        key = b - tl.where(b == NINF, 0.0, a)  # as in pass 2
                         key = tl.where(key == 0.0, 0.0, key)
                         kb = key.to(tl.uint32, bitcast=True)
                         u = tl.where((kb & 0x80000000) != 0, kb ^ 0xFFFFFFFF, kb | 0x80000000)
-                        live = (key > c) & ((u >> (shift + 8)) == prefix)
-                        hist += tl.histogram(((u >> shift) & 0xFF).to(tl.int32), 256, mask=live)
+                        live = (key > c) & ((u >> shift) == prefix)
+                        dig = (u >> nshift) & ((tl.full([], 1, tl.uint32) << width) - 1)
+                        hist += tl.histogram(dig.to(tl.int32), NBINS, mask=live)
                     total = tl.reduce(hist, 0, _sum_combine)
                     above = total - tl.associative_scan(hist, 0, _sum_combine)
                     hit = (above < rem) & (above + hist >= rem)
@@ -281,7 +291,8 @@ if AVAILABLE:
                     n_above = tl.reduce(tl.where(hit, above, 0), 0, _sum_combine)
                     n_bin = tl.reduce(tl.where(hit, hist, 0), 0, _sum_combine)
                     rem = rem - n_above
-                    prefix = (prefix << 8) | bsel.to(tl.uint32)
+                    prefix = (prefix << width) | bsel.to(tl.uint32)
+                    shift = nshift
                 # every live key >= thr is taken, plus the first n_tie (by token id) equal to it
                 thr = prefix << shift
                 n_tie = rem

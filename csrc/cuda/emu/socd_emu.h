@@ -64,6 +64,7 @@ inline int local_block() { return g_grp->cur / g_grp->threads; }
 inline int64_t block_id() { return g_grp->first_block + local_block(); }
 inline int64_t num_blocks() { return g_nblocks; }
 inline unsigned cluster_rank() { return static_cast<unsigned>(local_block()); }
+inline unsigned cluster_size() { return static_cast<unsigned>(g_grp->csize); }
 inline int64_t cluster_id() { return g_grp->first_block / g_grp->csize; }
 inline int64_t num_clusters() { return g_nblocks / g_grp->csize; }
 
@@ -134,6 +135,7 @@ inline uint32_t atomic_add(uint32_t* a, uint32_t v) {
 inline uint32_t load_volatile(const uint32_t* a) { return *a; }
 inline int popc(uint32_t v) { return __builtin_popcount(v); }
 inline float fexp(float v) { return std::exp(v); }
+inline float fexp2(float v) { return std::exp2(v); }
 inline float flog(float v) { return std::log(v); }
 inline float fsqrt(float v) { return std::sqrt(v); }
 inline float mul_rn(float a, float b) {

@@ -111,7 +111,7 @@ void fill_row(std::mt19937& rng, const Case& c, int row, T* x, T* y) {
   }
 }
 
-template <typename T, int BLOCK, int CAP, int VE, bool CLUSTER = false>
+template <typename T, int BLOCK, int CAP, int VE, int CLUSTER = 0>
 void run_case(const Case& c, std::mt19937& rng) {
   // Row stride: W rounded up to a multiple of 8 elements (16 bytes for 16-bit types) plus an
   // optional one-element misalignment of the whole buffer (then only VE == 1 is valid).
@@ -142,10 +142,10 @@ void run_case(const Case& c, std::mt19937& rng) {
   std::vector<int32_t> kk(c.rows, -1);
   T* out = c.inplace ? xa : oa;
   if (CLUSTER) {
-    const int64_t chunk = cuda::socd::cluster_chunk(c.W, VE);
+    const int64_t chunk = cuda::socd::cluster_chunk(c.W, VE, CLUSTER);
     const size_t bytes = cuda::socd::cluster_smem_bytes<T, BLOCK>(chunk);
-    const int grid = c.grid * cuda::socd::kClusterSize;
-    cuda::dev::launch_raw(grid, BLOCK, cuda::socd::kClusterSize, bytes, [&](void* s) {
+    const int grid = c.grid * CLUSTER;
+    cuda::dev::launch_raw(grid, BLOCK, CLUSTER, bytes, [&](void* s) {
       cuda::socd::socd_cluster_rows<T, BLOCK, VE>(xa, ya, out, p, chunk, c.inplace, alpha.data(), div.data(),
                                                   kk.data(), static_cast<unsigned char*>(s));
     });
@@ -253,15 +253,15 @@ void run_case(const Case& c, std::mt19937& rng) {
   const char* tname = sizeof(T) == 4 ? "f32" : std::is_same<T, half_t>::value ? "f16" : "bf16";
   if (bad_rows) {
     ++g_fail;
-    std::printf("FAIL %-28s %s %s B%d CAP%d VE%d: %d bad rows%s\n", c.name.c_str(), tname,
-                CLUSTER ? "cluster" : "single", BLOCK, CAP, VE, bad_rows, why.c_str());
+    std::printf("FAIL %-28s %s %s%d B%d CAP%d VE%d: %d bad rows%s\n", c.name.c_str(), tname,
+                CLUSTER ? "cluster" : "single", CLUSTER, BLOCK, CAP, VE, bad_rows, why.c_str());
   } else {
     ++g_pass;
   }
   std::fflush(stdout);
 }
 
-template <typename T, int BLOCK, int CAP, bool CLUSTER = false>
+template <typename T, int BLOCK, int CAP, int CLUSTER = 0>
 void run_both(const Case& c, std::mt19937& rng) {
   constexpr int kVec = 16 / sizeof(T);
   Case cs = c;
@@ -325,7 +325,8 @@ void run_all(std::mt19937& rng, bool quick) {
   for (const Case& c : cases) {
     run_both<T, 64, 128>(c, rng);    // small list: global rounds and global tie scan
     run_both<T, 128, 4096>(c, rng);  // the shared list path
-    run_both<T, 64, 64, true>(c, rng);  // the cluster path (8 CTAs per row)
+    run_both<T, 64, 64, 8>(c, rng);   // the cluster path (8 CTAs per row)
+    run_both<T, 64, 64, 16>(c, rng);  // 16-CTA clusters (the small-batch launch on sm_90)
   }
   if (!quick) {
     run_both<T, 512, 4096>(cases[0], rng);
