@@ -42,6 +42,14 @@ def _chain_stats(eval_dir: str) -> tuple[dict, list[str]]:
             "mean_generation_words": round(sum(len(c.split()) for c in conts) / max(1, len(conts)), 2)}, chains
 
 
+def _eval_seconds(results, eval_dir):
+    """The evaluation's wall time: run.json (results.json held it before it held only results)."""
+    if "seconds" in results:
+        return results["seconds"]
+    path = os.path.join(eval_dir, "run.json")
+    return json.load(open(path))["seconds"] if os.path.exists(path) else None
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--synthesis", required=True, help="cmd-synthesize summary.json")
@@ -79,7 +87,7 @@ def main(argv=None) -> int:
             "summary": r["methods"]["cmd"]["summary"], "runs": r["methods"]["cmd"]["runs"],
             "per_prompt_max_toxicity": r.get("per_prompt_max_toxicity", {}).get("cmd"),
             "settings": r["methods"]["cmd"]["settings"],
-            "eval_seconds": r["seconds"], "chain_stats": stats, "training": training,
+            "eval_seconds": _eval_seconds(r, eval_dir), "chain_stats": stats, "training": training,
             "example_chains": chains[:6]}
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump(out, f, indent=1, ensure_ascii=False)

@@ -12,7 +12,7 @@
 Every stage is one of the package's resumable commands, so rerunning this script after an
 interruption continues where it stopped. Usage::
 
-    python -m bench.hspd_experiment --data ../shared/data --work /tmp/hspd-exp --texts 64 --steps 100
+    python -m bench.hspd_experiment --data $DETOX_DEV_DATA --work /tmp/hspd-exp --texts 64 --steps 100
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def _write_jsonl(path: str, rows: list[dict]) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data"),
+    ap.add_argument("--data", default=os.environ.get("DETOX_DEV_DATA"), required="DETOX_DEV_DATA" not in os.environ,
                     help="folder with dghs/dghs_hate.jsonl and toxigen/hate_*_1k.txt")
     ap.add_argument("--work", default="/tmp/hspd-experiment", help="work directory (resumable)")
     ap.add_argument("--texts", type=int, default=64, help="DGHS texts to rewrite and fine-tune on")

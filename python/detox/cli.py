@@ -11,6 +11,7 @@ from .devices import add_device_options, device_dtype_from_args
 from .cli_types import (Parser, auto_or_nonnegative_float, holdout_fraction, nonnegative_float, nonnegative_int,
                         positive_float, positive_int, probability, seed_list, unit_interval)
 from .errors import OutputLock, UserError, check_input_file, check_output_dir, check_output_file, one_line
+from .ray_engine import add_engine_options, engine_kwargs
 from .resumable import SettingsMismatch
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -188,7 +189,10 @@ def _eval_config(args, methods, prompts, limit, num_samples, seeds):
     check_output_dir(args.out)
     check_scorer_spec(args.scorer)
     _check_models(args, "model", "toxic_model", "ppl_model")
-    device, dtype = device_dtype_from_args(args)
+    if getattr(args, "engine", "local") == "ray":
+        device, dtype = args.device, args.dtype  # resolved by the Ray actors, on their machines
+    else:
+        device, dtype = device_dtype_from_args(args)
     filters = {}
     if getattr(args, "min_prompt_toxicity", None) is not None:
         filters["min_toxicity"] = args.min_prompt_toxicity
@@ -222,8 +226,9 @@ def cmd_eval(args) -> int:
 
     methods = _method_list(args.methods)
     cfg = _eval_config(args, methods, args.prompts, args.limit, args.num_samples, args.seeds)
+    engine = engine_kwargs(args)
     with OutputLock(args.out, directory=True):
-        res = run_eval(cfg, args.out)
+        res = run_eval(cfg, args.out, **engine)
     print()
     print(f"scorer: {res['scorer']}; prompts: {res['prompts']}")
     print(table(res))
@@ -241,12 +246,13 @@ def cmd_demo(args) -> int:
     t0 = time.time()
     methods = _method_list(args.methods)
     cfg = _eval_config(args, methods, args.prompts, args.limit, args.num_samples, [args.seed])
+    engine = engine_kwargs(args)
     print("detox demo: SoCD and the contrastive baselines against plain sampling, on real toxic prompts, "
           "with the embedded models (fetched and cached on first run).")
     with OutputLock(args.out, directory=True):
         if cfg.toxic_model is None and registry.needs_toxic(methods):
             cfg.toxic_model = resolve_toxic_model(None)  # made once and cached
-        res = run_eval(cfg, args.out)
+        res = run_eval(cfg, args.out, **engine)
     print()
     print(f"{res['prompts']}; {args.num_samples} continuations x {args.max_new_tokens} tokens each; "
           f"scorer: {res['scorer']}")
@@ -286,6 +292,7 @@ def _add_eval_options(p, *, limit, num_samples, seeds, out, batch_size=8):
     p.add_argument("--batch-size", type=positive_int, default=batch_size,
                    help=f"prompts per generate call, >= 1 (each expanded to --num-samples rows; default: {batch_size})")
     p.add_argument("--out", default=out, help=f"output directory (default: {out})")
+    add_engine_options(p)
     add_device_options(p)
     _add_method_options(p)
 

@@ -12,7 +12,9 @@ Output directory:
                                                another scorer or metric reuses it, and an
                                                interrupted run continues after its last batch
     ppl/<generation file>-<ppl model hash>.json  cached per-sample NLL of the continuations
-    results.json    every metric per method (mean, std, per seed), configuration, versions
+    results.json    every metric per method (mean, std, per seed), configuration, versions (the
+                    same bytes from a rerun and from either engine)
+    run.json        the engine and the wall time of the last run
     report.md       the table (and the scorer, variants, dropped-PPL counts)
     toxicity_vs_perplexity.png, max_toxicity_distribution.png
 """
@@ -107,7 +109,7 @@ def generate_cached(gen: Generator, cfg: EvalConfig, prompts: list[str], seed: i
                     progress=True, model_content: dict | None = None) -> tuple[str, list[list[str]]]:
     settings = gen.settings()
     key = generation_key(cfg, gen.method, seed, prompts, settings, model_content)
-    path = os.path.join(out_dir, "generations", f"{gen.method}-seed{seed}-{key}.jsonl")
+    path = generation_path(out_dir, gen.method, seed, key)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     rows = _read_generation_file(path)
     done = {r["prompt_index"]: r["continuations"] for r in rows}
@@ -118,15 +120,25 @@ def generate_cached(gen: Generator, cfg: EvalConfig, prompts: list[str], seed: i
         print(f"{gen.method} seed {seed}: resuming, {len(done)} of {len(prompts)} prompts already generated")
     with JsonlAppender(path) as f:
         for bi, s in tqdm(todo, desc=f"{gen.method} seed {seed}", unit="batch", disable=not progress):
-            chunk = prompts[s:s + bs]
-            res = gen.run_batch(chunk, num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens,
-                                top_p=cfg.top_p, temperature=cfg.temperature, seed=batch_seed(seed, bi))
-            # the method's extra outputs (CMD: "chains") are kept beside the continuations
-            f.append({"prompt_index": s + i, "continuations": c, **{k: v[i] for k, v in res.extras.items()}}
-                     for i, c in enumerate(res.texts))
-            for i, c in enumerate(res.texts):
-                done[s + i] = c
+            recs = generate_shard(gen, cfg, prompts[s:s + bs], seed, bi, s)
+            f.append(r for r in recs if r["prompt_index"] not in done)  # a shard torn by a kill: only the rest
+            for r in recs:
+                done[r["prompt_index"]] = r["continuations"]
     return path, [done[i] for i in range(len(prompts))]
+
+
+def generation_path(out_dir: str, method: str, seed: int, key: str) -> str:
+    return os.path.join(out_dir, "generations", f"{method}-seed{seed}-{key}.jsonl")
+
+
+def generate_shard(gen: Generator, cfg: EvalConfig, chunk: list[str], seed: int, bi: int, start: int) -> list[dict]:
+    """The generation-file records of shard ``bi`` (prompts ``start ..``), seeded from (seed, bi)
+    only: every engine and every worker makes the same ones."""
+    res = gen.run_batch(chunk, num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens,
+                        top_p=cfg.top_p, temperature=cfg.temperature, seed=batch_seed(seed, bi))
+    # the method's extra outputs (CMD: "chains") are kept beside the continuations
+    return [{"prompt_index": start + i, "continuations": c, **{k: v[i] for k, v in res.extras.items()}}
+            for i, c in enumerate(res.texts)]
 
 
 def _versions() -> dict:
@@ -153,65 +165,50 @@ def method_settings(cfg: EvalConfig) -> dict:
     return {m: registry.settings_for(m, cfg.method_settings.get(m)) for m in cfg.methods}
 
 
-def run_eval(cfg: EvalConfig, out_dir: str, progress: bool = True, scorer=None, model=None) -> dict:
+def run_eval(cfg: EvalConfig, out_dir: str, progress: bool = True, scorer=None, model=None, engine: str = "local",
+             ray_workers: int | None = None, ray_address: str | None = None) -> dict:
     """Run the whole evaluation; returns the results dict (also written to ``out_dir``).
 
     ``scorer``: a loaded toxicity scorer instead of ``cfg.scorer``; ``model``: a loaded
     ``(model, tokenizer)`` pair to use as the base model ``cfg.model``. Only the models that the
     requested methods need are loaded (the toxic model only for methods that contrast with one).
+    ``engine``: ``local`` (this process) or ``ray`` (Ray Data actors, :mod:`detox.eval_ray`, on
+    ``ray_workers`` workers of the cluster at ``ray_address`` / ``RAY_ADDRESS`` or a local one);
+    both give the same bytes.
     """
-    from .devices import check_same_device, describe, eval_device
-    from .models import load_causal_lm
-    from .scorers import load_scorer, default_scorer
-
     t_start = time.time()
     settings = method_settings(cfg)  # user errors before anything is loaded
-    device, dtype = eval_device(cfg, model)
+    if engine == "local":
+        from .devices import eval_device
+
+        eval_device(cfg, model)  # a device or dtype that cannot be used here: before anything is loaded
     os.makedirs(out_dir, exist_ok=True)
     prompts, prompt_desc = load_prompt_texts(cfg)
-    if scorer is None:
-        scorer = load_scorer(cfg.scorer, device=device) if cfg.scorer else default_scorer(device=device)
-    base = model or load_causal_lm(cfg.model, device=device, dtype=dtype)
-    toxic, toxic_name = None, None
-    if registry.needs_toxic(cfg.methods):
-        from .toxic import resolve_toxic_model
+    if engine == "local":
+        work = LocalRuns(cfg, out_dir, prompts, settings, progress=progress, scorer=scorer, model=model)
+    elif engine == "ray":
+        from .eval_ray import RayRuns
 
-        toxic_name = cfg.toxic_model if cfg.toxic_model else resolve_toxic_model(None)
-        toxic = toxic_name if isinstance(toxic_name, tuple) else load_causal_lm(toxic_name, device=device, dtype=dtype)
-    if cfg.ppl_model is None:
-        ppl_model, ppl_name = base, cfg.model
+        work = RayRuns(cfg, out_dir, prompts, settings, progress=progress, scorer=scorer, model=model,
+                       workers=ray_workers, address=ray_address)
     else:
-        ppl_model, ppl_name = load_causal_lm(cfg.ppl_model, device=device, dtype=dtype), cfg.ppl_model
-    check_same_device([("base", base[0]), ("toxic", toxic[0] if toxic else None), ("perplexity", ppl_model[0])],
-                      device)
-    # what the models hold, not only their names: weights changed in place make new cache entries
-    from .models import model_fingerprint
+        raise ValueError(f"unknown engine {engine!r}; use local or ray")
 
-    content = {"model": model_fingerprint(cfg.model), "toxic": model_fingerprint(toxic_name),
-               "ppl": model_fingerprint(ppl_name)}
-
-    results = {"methods": {}, "config": _config_dict(cfg), "prompts": prompt_desc,
-               "scorer": getattr(scorer, "name", type(scorer).__name__), "ppl_model": str(ppl_name),
-               "versions": _versions(), **describe(device, dtype),
+    # the device and dtype the models ran on and in (on Ray: the actors'), also in the configuration,
+    # so that its "auto" reads the same from either engine
+    config = {**_config_dict(cfg), "device": work.device_info["device"], "dtype": work.device_info["dtype"]}
+    results = {"methods": {}, "config": config, "prompts": prompt_desc,
+               "scorer": work.scorer_name, "ppl_model": str(work.ppl_name),
+               "versions": _versions(), **work.device_info,
                "variants": {"tp": f"any-of-N, {'>' if cfg.strict else '>='} {cfg.threshold}",
                             "tp_rate": f"per-continuation rate, {'>' if cfg.strict else '>='} {cfg.threshold}",
                             "ppl": f"{cfg.ppl_variant}-weighted conditional PPL, samples with PPL >= 1e4 dropped",
                             "dist": f"Dist-n {cfg.dist_variant}, whitespace tokens"}}
     per_prompt_max = {}
     for method in cfg.methods:
-        gen = Generator(method, model=base, toxic_model=toxic, settings=settings[method], model_name=cfg.model,
-                        device=device, dtype=dtype,
-                        toxic_name=str(cfg.toxic_model or "smollm2-135m-instruct-toxic"))
         runs = []
         for seed in cfg.seeds:
-            path, conts = generate_cached(gen, cfg, prompts, seed, out_dir, progress=progress,
-                                          model_content={"model": content["model"],
-                                                         **({"toxic": content["toxic"]} if gen.toxic is not None
-                                                            else {})})
-            flat = [c for cs in conts for c in cs]
-            sc = [float(v) for v in scorer.score(flat)]
-            scores = [sc[i * cfg.num_samples:(i + 1) * cfg.num_samples] for i in range(len(prompts))]
-            nll = _ppl_cached(ppl_model, ppl_name, prompts, conts, path, out_dir, content.get("ppl"))
+            path, conts, scores, nll = work.run(method, seed)
             ppl = M.perplexity_from_nll(nll, variant=cfg.ppl_variant)
             runs.append({
                 "seed": seed, "generations": os.path.relpath(path, out_dir),
@@ -227,33 +224,139 @@ def run_eval(cfg: EvalConfig, out_dir: str, progress: bool = True, scorer=None, 
             m, s = M.mean_std([r[k] for r in runs])
             summary[k] = {"mean": m, "std": s}
         summary["ppl_dropped"] = sum(r["ppl_dropped"] for r in runs)
-        results["methods"][method] = {"summary": summary, "runs": runs, "settings": gen.settings()}
+        results["methods"][method] = {"summary": summary, "runs": runs, "settings": work.settings(method)}
     results["per_prompt_max_toxicity"] = per_prompt_max
-    results["seconds"] = time.time() - t_start
+    # results.json holds only what the evaluation computed (the same bytes from either engine and on
+    # a rerun); the wall time and the engine are in run.json and the report
     write_json_atomic(os.path.join(out_dir, "results.json"), results)
+    results["seconds"] = time.time() - t_start
+    write_json_atomic(os.path.join(out_dir, "run.json"), {"engine": engine, "seconds": results["seconds"],
+                                                          **getattr(work, "run_info", {})})
     write_report(results, out_dir)
     return results
 
 
-def _ppl_cached(model, name, prompts, conts, gen_path, out_dir, content=None):
-    model, tok = model
-    dt = next(model.parameters()).dtype
-    key = _hash({"gen": os.path.basename(gen_path), "ppl_model": str(name), "content": content,
-                 **({"dtype": str(dt)} if dt != torch.float32 else {})})  # float32: the keys of earlier runs
-    path = os.path.join(out_dir, "ppl", f"{os.path.basename(gen_path)}-{key}.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return [tuple(x) for x in json.load(f)]
+class LocalRuns:
+    """The runs of one evaluation in this process: the models loaded once (on ``cfg.device``, in
+    ``cfg.dtype``, :func:`detox.devices.eval_device`), each (method, seed) generated (cached),
+    scored and its perplexity computed (cached) when asked for."""
+
+    def __init__(self, cfg: EvalConfig, out_dir: str, prompts: list[str], settings: dict, *, progress=True,
+                 scorer=None, model=None):
+        from .devices import describe, eval_device
+
+        self.cfg, self.out_dir, self.prompts, self.progress = cfg, out_dir, prompts, progress
+        device, dtype = eval_device(cfg, model)
+        self.scorer, base, toxic, toxic_name, self.ppl_model, self.ppl_name = load_eval_models(
+            cfg, device, dtype, scorer=scorer, model=model)
+        self.scorer_name = getattr(self.scorer, "name", type(self.scorer).__name__)
+        self.device_info = describe(device, dtype)
+        self.content = model_contents(cfg, toxic_name, self.ppl_name)
+        self.gens = {m: Generator(m, model=base, toxic_model=toxic, settings=settings[m], model_name=cfg.model,
+                                  device=device, dtype=dtype,
+                                  toxic_name=str(cfg.toxic_model or "smollm2-135m-instruct-toxic"))
+                     for m in cfg.methods}
+
+    def settings(self, method: str) -> dict:
+        return self.gens[method].settings()
+
+    def run(self, method: str, seed: int):
+        """``(generation file, continuations, scores, per-sample NLL)`` of one method and seed."""
+        cfg, gen = self.cfg, self.gens[method]
+        path, conts = generate_cached(gen, cfg, self.prompts, seed, self.out_dir, progress=self.progress,
+                                      model_content=generation_content(self.content, gen.toxic is not None))
+        scores = [s for b in range(0, len(conts), cfg.batch_size)
+                  for s in shard_scores(self.scorer, conts[b:b + cfg.batch_size])]
+        nll = _ppl_cached(self.ppl_model, self.ppl_name, self.prompts, conts, path, self.out_dir,
+                          self.content.get("ppl"), cfg.batch_size)
+        return path, conts, scores, nll
+
+
+def load_eval_models(cfg: EvalConfig, device, dtype, *, scorer=None, model=None, toxic_name=None):
+    """``(scorer, base, toxic, toxic name, perplexity model, its name)`` of an evaluation, on
+    ``device`` in ``dtype`` (the scorer in float32), checked to be on one device; the toxic model
+    (``toxic_name`` when given: a path or a loaded pair, else ``cfg.toxic_model`` resolved) only
+    when a method needs it."""
+    from .devices import check_same_device
+    from .models import load_causal_lm
+    from .scorers import load_scorer, default_scorer
+
+    if scorer is None:
+        scorer = load_scorer(cfg.scorer, device=device) if cfg.scorer else default_scorer(device=device)
+    base = model or load_causal_lm(cfg.model, device=device, dtype=dtype)
+    tox = None
+    if registry.needs_toxic(cfg.methods):
+        from .toxic import resolve_toxic_model
+
+        if toxic_name is None:
+            toxic_name = cfg.toxic_model if cfg.toxic_model else resolve_toxic_model(None)
+        tox = toxic_name if isinstance(toxic_name, tuple) else load_causal_lm(toxic_name, device=device, dtype=dtype)
+    else:
+        toxic_name = None
+    if cfg.ppl_model is None:
+        ppl_model, ppl_name = base, cfg.model
+    else:
+        ppl_model, ppl_name = load_causal_lm(cfg.ppl_model, device=device, dtype=dtype), cfg.ppl_model
+    check_same_device([("base", base[0]), ("toxic", tox[0] if tox else None), ("perplexity", ppl_model[0])],
+                      device)
+    return scorer, base, tox, toxic_name, ppl_model, ppl_name
+
+
+def model_contents(cfg: EvalConfig, toxic_name, ppl_name) -> dict:
+    """What the models hold, not only their names: weights changed in place make new cache entries."""
+    from .models import model_fingerprint
+
+    return {"model": model_fingerprint(cfg.model), "toxic": model_fingerprint(toxic_name),
+            "ppl": model_fingerprint(ppl_name)}
+
+
+def generation_content(content: dict, with_toxic: bool) -> dict:
+    return {"model": content["model"], **({"toxic": content["toxic"]} if with_toxic else {})}
+
+
+def shard_scores(scorer, conts: list[list[str]]) -> list[list[float]]:
+    """The toxicity of every continuation of one shard of prompts (``conts[i][j]``: sample j of
+    prompt i). Both engines score shard by shard (``batch_size`` prompts), so their numbers agree
+    to the bit whatever batches the scorer makes inside."""
+    flat = [c for cs in conts for c in cs]
+    sc = [float(v) for v in scorer.score(flat)] if flat else []
+    out, k = [], 0
+    for cs in conts:
+        out.append(sc[k:k + len(cs)])
+        k += len(cs)
+    return out
+
+
+def shard_nll(model, prompts: list[str], conts: list[list[str]]) -> list[list]:
+    """Per-sample ``[NLL, tokens]`` of one shard's continuations given their prompts (as stored in
+    the PPL cache), on the perplexity model's device."""
+    m, tok = model
     ps = [p for p, cs in zip(prompts, conts) for _ in cs]
     cs = [c for cs_ in conts for c in cs_]
     # larger batches on a GPU (the values differ only by rounding: the rows are independent)
-    nll = M.sample_nll(model, tok, ps, cs, batch_size=64 if next(model.parameters()).is_cuda else 16)
+    bs = 64 if next(m.parameters()).is_cuda else 16
+    return [list(x) for x in M.sample_nll(m, tok, ps, cs, batch_size=bs)] if cs else []
+
+
+def ppl_cache_path(name, gen_path: str, out_dir: str, content=None, dtype=None) -> str:
+    """The PPL cache of a generation file; ``dtype``: the perplexity model's (``torch.bfloat16`` or
+    its ``str``), in the key unless float32 (the keys of earlier runs)."""
+    dt = str(dtype) if dtype is not None else "torch.float32"
+    key = _hash({"gen": os.path.basename(gen_path), "ppl_model": str(name), "content": content,
+                 **({"dtype": dt} if dt != str(torch.float32) else {})})
+    return os.path.join(out_dir, "ppl", f"{os.path.basename(gen_path)}-{key}.json")
+
+
+def _ppl_cached(model, name, prompts, conts, gen_path, out_dir, content=None, shard: int = 8):
+    path = ppl_cache_path(name, gen_path, out_dir, content, next(model[0].parameters()).dtype)
+    if os.path.exists(path):
+        with open(path) as f:
+            return [tuple(x) for x in json.load(f)]
+    nll = [x for b in range(0, len(prompts), shard)
+           for x in shard_nll(model, prompts[b:b + shard], conts[b:b + shard])]
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(nll, f)
-    os.replace(tmp, path)
-    return nll
+    write_atomic(path, json.dumps(nll))
+    return [tuple(x) for x in nll]
 
 
 def _config_dict(cfg: EvalConfig) -> dict:

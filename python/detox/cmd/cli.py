@@ -54,8 +54,13 @@ def cmd_synthesize(args) -> int:
     check_model_spec(args.model)
     check_model_spec(args.toxic_model, "--toxic-model")
     from ..devices import device_dtype_from_args
+    from ..ray_engine import engine_kwargs
 
-    device, dtype = device_dtype_from_args(args)
+    engine = engine_kwargs(args)  # a missing Ray is one line before the prompts are read
+    if engine["engine"] == "ray":
+        device, dtype = args.device, args.dtype  # resolved by the actors, on their machines
+    else:
+        device, dtype = device_dtype_from_args(args)
     texts, desc = _prompts(args)
     if not texts:
         raise UserError("no prompts to synthesise from")
@@ -66,7 +71,7 @@ def cmd_synthesize(args) -> int:
           f"{cfg.num_continuations} continuations x {cfg.max_new_tokens} tokens -> {args.out}")
     with OutputLock(args.out, directory=True):
         s = synthesize(texts, args.out, model=args.model, scorer=args.scorer, cfg=cfg, toxic_model=args.toxic_model,
-                       prompt_source=desc, device=device, dtype=dtype)
+                       prompt_source=desc, device=device, dtype=dtype, **engine)
     print(f"kept {s['kept']} of {s['prompts']} prompts ({s['kept_toxic_context']} toxic contexts detoxified, "
           f"{s['kept_nontoxic_context']} non-toxic); {s['with_negatives']} with negatives ({s['negatives']} in all)")
     for why, n in sorted(s["dropped"].items(), key=lambda x: -x[1]):
@@ -127,7 +132,9 @@ def add_parsers(sub) -> None:
     s.add_argument("--chunk-size", type=positive_int, default=16, help="prompts per resumable chunk (default: 16) (>= 1)")
     s.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (default: 0) (>= 0)")
     from ..devices import add_device_options
+    from ..ray_engine import add_engine_options
 
+    add_engine_options(s)
     add_device_options(s)
     s.set_defaults(func=cmd_synthesize)
 

@@ -203,15 +203,43 @@ def _check_meta(out_dir: str, prompts: list[str], cfg: SynthesisConfig, model, d
     write_settings(path, meta)
 
 
+def build_synthesis(model, scorer, detector, cfg: SynthesisConfig, toxic_model=None, *, device=None, dtype=None):
+    """``(generator, mask-filling generator, scorer, detector)`` of a synthesis: the models loaded
+    once (by the process, or by each Ray actor) on ``device`` in ``dtype``, the scorer on that device."""
+    from ..generation.driver import Generator
+    from ..scorers import default_scorer, load_scorer
+
+    gen = Generator("none", model=model, device=device, dtype=dtype)
+    fill_gen = gen if cfg.fill_method == "none" else Generator(cfg.fill_method, model=(gen.model, gen.tokenizer),
+                                                               toxic_model=toxic_model, model_name=gen.model_name)
+    if scorer is None or isinstance(scorer, str):
+        scorer = load_scorer(scorer, device=gen.device) if scorer else default_scorer(device=gen.device)
+    detector = detector or OcclusionDetector(scorer, threshold=cfg.detector_target, max_rounds=cfg.detector_max_rounds)
+    return gen, fill_gen, scorer, detector
+
+
+def _todo(path: str, prompts: list[str], cfg: SynthesisConfig) -> tuple[dict, list[tuple[int, int]]]:
+    """The records already in ``path`` by index, and the chunks ``(chunk index, first prompt)`` still to do."""
+    done = {r["index"]: r for r in read_records(path)}
+    chunks = [(ci, s) for ci, s in enumerate(range(0, len(prompts), cfg.chunk_size))
+              if any(i not in done for i in range(s, min(s + cfg.chunk_size, len(prompts))))]
+    if done and chunks:
+        print(f"resuming: {len(done)} of {len(prompts)} prompts already synthesised")
+    return done, chunks
+
+
 def synthesize(prompts: list[str], out_dir: str, *, model=None, scorer=None, detector: SpanDetector | None = None,
                cfg: SynthesisConfig | None = None, toxic_model=None, progress: bool = True, prompt_source: str = "",
+               engine: str = "local", ray_workers: int | None = None, ray_address: str | None = None,
                device=None, dtype=None) -> dict:
     """Run the synthesis (resumable); returns the summary (also written to ``out_dir``).
 
     ``device`` / ``dtype``: where the models and the scorer run and the models' precision (see
-    :class:`detox.generation.driver.Generator`; default: a loaded ``model``'s, else ``auto``)."""
-    from ..generation.driver import Generator, batch_seed
-    from ..scorers import default_scorer, load_scorer
+    :class:`detox.generation.driver.Generator`; default: a loaded ``model``'s, else ``auto``).
+    ``engine``: ``local`` (this process) or ``ray`` (the same chunks on Ray Data actors, see
+    :mod:`detox.eval_ray`; the same records; each actor resolves ``device`` / ``dtype`` on its own
+    machine: its GPU for ``auto`` / ``cuda`` on a cluster with GPUs)."""
+    from ..generation.driver import batch_seed
 
     cfg = cfg or SynthesisConfig()
     if not prompts:
@@ -220,30 +248,39 @@ def synthesize(prompts: list[str], out_dir: str, *, model=None, scorer=None, det
 
     if registry.get(cfg.fill_method).extra_outputs or cfg.fill_method == "cmd":
         raise ValueError(f"fill_method must be a decoding method other than cmd, got {cfg.fill_method!r}")
+    if engine not in ("local", "ray"):
+        raise ValueError(f"unknown engine {engine!r}; use local or ray")
     os.makedirs(out_dir, exist_ok=True)
     model = model if model is not None else "smollm2-135m-instruct"
-    gen = Generator("none", model=model, device=device, dtype=dtype)
-    fill_gen = gen if cfg.fill_method == "none" else Generator(cfg.fill_method, model=(gen.model, gen.tokenizer),
-                                                               toxic_model=toxic_model, model_name=gen.model_name)
-    if scorer is None or isinstance(scorer, str):
-        scorer = load_scorer(scorer, device=gen.device) if scorer else default_scorer(device=gen.device)
-    detector = detector or OcclusionDetector(scorer, threshold=cfg.detector_target, max_rounds=cfg.detector_max_rounds)
     path = os.path.join(out_dir, "records.jsonl")
-    _check_meta(out_dir, prompts, cfg, model, gen.dtype)
-    done = {r["index"]: r for r in read_records(path)}
-    chunks = [(ci, s) for ci, s in enumerate(range(0, len(prompts), cfg.chunk_size))
-              if any(i not in done for i in range(s, min(s + cfg.chunk_size, len(prompts))))]
-    if done and chunks:
-        print(f"resuming: {len(done)} of {len(prompts)} prompts already synthesised")
     t0 = time.time()
-    with JsonlAppender(path) as f:
-        for ci, s in tqdm(chunks, desc="cmd-synthesize", unit="chunk", disable=not progress):
-            recs = _synthesize_chunk(prompts[s:s + cfg.chunk_size], s, gen, fill_gen, scorer, detector, cfg,
-                                     batch_seed(cfg.seed, ci))
-            recs = [r for r in recs if r["index"] not in done]  # a chunk torn by a kill: append only the rest
-            f.append(recs)
-            for r in recs:
-                done[r["index"]] = r
+    names = {}
+    if engine == "ray":
+        from ..eval_ray import RaySynthesis, sort_records
+
+        with RaySynthesis(cfg=cfg, model=model, scorer=scorer, detector=detector, toxic_model=toxic_model,
+                          device=device, dtype=dtype, workers=ray_workers, address=ray_address) as rs:
+            _check_meta(out_dir, prompts, cfg, model, rs.dtype)  # the actors' dtype
+            done, chunks = _todo(path, prompts, cfg)
+            with JsonlAppender(path) as f:
+                names = rs.run(prompts, chunks, done, f, progress=progress)
+    else:
+        gen, fill_gen, scorer, detector = build_synthesis(model, scorer, detector, cfg, toxic_model,
+                                                          device=device, dtype=dtype)
+        _check_meta(out_dir, prompts, cfg, model, gen.dtype)
+        done, chunks = _todo(path, prompts, cfg)
+        names = {"scorer": getattr(scorer, "name", type(scorer).__name__), "model": gen.model_name,
+                 "detector": type(detector).__name__}
+        with JsonlAppender(path) as f:
+            for ci, s in tqdm(chunks, desc="cmd-synthesize", unit="chunk", disable=not progress):
+                recs = _synthesize_chunk(prompts[s:s + cfg.chunk_size], s, gen, fill_gen, scorer, detector, cfg,
+                                         batch_seed(cfg.seed, ci))
+                recs = [r for r in recs if r["index"] not in done]  # a chunk torn by a kill: append only the rest
+                f.append(recs)
+                for r in recs:
+                    done[r["index"]] = r
+    if engine == "ray":
+        sort_records(path, "index")  # chunks arrive in any order: index order, as a local run writes
     recs = [done[i] for i in sorted(done) if i < len(prompts)]
     kept = [r for r in recs if r["kept"]]
     with open(os.path.join(out_dir, "train.jsonl.tmp"), "w", encoding="utf-8") as f:
@@ -258,8 +295,9 @@ def synthesize(prompts: list[str], out_dir: str, *, model=None, scorer=None, det
         "kept_nontoxic_context": sum(1 for r in kept if r["masked"] is None),
         "with_negatives": sum(1 for r in kept if r["negatives"]),
         "negatives": sum(len(r["negatives"]) for r in kept),
-        "scorer": getattr(scorer, "name", type(scorer).__name__), "model": gen.model_name,
-        "detector": type(detector).__name__, "config": asdict(cfg), "seconds_this_run": time.time() - t0,
+        "scorer": names["scorer"], "model": names["model"],
+        "detector": names["detector"], "config": asdict(cfg), "seconds_this_run": time.time() - t0,
+        "engine": engine,
     }
     write_json_atomic(os.path.join(out_dir, "summary.json"), summary)
     return summary

@@ -160,7 +160,7 @@ def add_commands(sub) -> None:
     r.add_argument("--engine", default="local", choices=["local", "ray"], help="one process, or Ray Data actors")
     r.add_argument("--workers", type=positive_int, default=2, help="Ray: actors in the pool (>= 1)")
     r.add_argument("--window", type=positive_int, default=64, help="Ray: shards submitted per Ray Data job (>= 1)")
-    r.add_argument("--ray-address", default=None, help="Ray: an existing cluster (default: start a local one)")
+    r.add_argument("--ray-address", default=None, help="Ray: an existing cluster (default: RAY_ADDRESS, else start a local one)")
     r.add_argument("--overwrite", action="store_true", help="discard a previous run's work directory")
     from ..methods._cli import add_method_options
 
