@@ -33,7 +33,7 @@ def test_a_paired_shift_gives_the_shift_with_a_zero_width_interval():
     d = S.paired_bootstrap(a, b, resamples=999)
     assert d["difference"] == pytest.approx(0.25)
     assert d["low"] == pytest.approx(0.25) and d["high"] == pytest.approx(0.25)
-    assert d["p_value"] == pytest.approx(2 / 1000)  # no resample on the far side of zero
+    assert d["p_value"] == pytest.approx(1 / 1000)  # (2 * 0 + 1) / (999 + 1): no resample on the far side of zero
     same = S.paired_bootstrap(b, b, resamples=999)
     assert same["difference"] == 0 and same["low"] == 0 and same["high"] == 0 and same["p_value"] == 1.0
 

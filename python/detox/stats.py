@@ -116,33 +116,51 @@ def _chunks(n_prompts, resamples, seed, chunk):
         yield resample_weights(n_prompts, min(chunk, resamples - s), rng)
 
 
-def bootstrap_ci(values: PromptValues, *, resamples: int = 1000, level: float = 0.95, seed: int = 0,
-                 chunk: int = 256) -> dict:
-    """The metric on all prompts and its percentile bootstrap interval over prompts."""
-    p = values.num.shape[1]
-    est = float(values.value(np.ones((1, p)))[0])
-    boot = np.concatenate([values.value(w) for w in _chunks(p, resamples, seed, chunk)])
+def resampled(values: list[PromptValues], *, resamples: int = 1000, seed: int = 0, chunk: int = 256
+              ) -> list[np.ndarray]:
+    """Every metric of ``values`` (same prompts) under the same ``resamples`` resamples: one
+    ``[resamples]`` array each; the resamples are drawn once for all of them."""
+    p = values[0].num.shape[1]
+    for v in values:
+        if v.num.shape[1] != p:
+            raise ValueError(f"paired bootstrap needs the same prompts: {p} against {v.num.shape[1]}")
+    out = [[] for _ in values]
+    for w in _chunks(p, resamples, seed, chunk):
+        for o, v in zip(out, values):
+            o.append(v.value(w))
+    return [np.concatenate(o) for o in out]
+
+
+def _interval(values: PromptValues, boot: np.ndarray, level: float) -> dict:
+    est = float(values.value(np.ones((1, values.num.shape[1])))[0])
     lo, hi = _percentiles(boot, level)
     return {"estimate": est, "low": lo, "high": hi}
 
 
-def paired_bootstrap(a: PromptValues, b: PromptValues, *, resamples: int = 1000, level: float = 0.95,
-                     seed: int = 0, chunk: int = 256) -> dict:
-    """``a - b`` on the same prompts: the difference on all prompts, its percentile interval under
-    the same resamples of prompts for both, and a two-sided bootstrap p-value for "no difference"."""
-    p = a.num.shape[1]
-    if b.num.shape[1] != p:
-        raise ValueError(f"paired bootstrap needs the same prompts: {p} against {b.num.shape[1]}")
-    one = np.ones((1, p))
+def _paired(a: PromptValues, b: PromptValues, boot_a: np.ndarray, boot_b: np.ndarray, level: float) -> dict:
+    one = np.ones((1, a.num.shape[1]))
     est = float(a.value(one)[0] - b.value(one)[0])
-    d = np.concatenate([a.value(w) - b.value(w) for w in _chunks(p, resamples, seed, chunk)])
+    d = boot_a - boot_b
     lo, hi = _percentiles(d, level)
     d = d[~np.isnan(d)]
     if d.size == 0:
         pv = math.nan
     else:
-        pv = min(1.0, 2 * (min(int((d <= 0).sum()), int((d >= 0).sum())) + 1) / (d.size + 1))
+        pv = min(1.0, (2 * min(int((d <= 0).sum()), int((d >= 0).sum())) + 1) / (d.size + 1))
     return {"difference": est, "low": lo, "high": hi, "p_value": pv}
+
+
+def bootstrap_ci(values: PromptValues, *, resamples: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
+    """The metric on all prompts and its percentile bootstrap interval over prompts."""
+    return _interval(values, resampled([values], resamples=resamples, seed=seed)[0], level)
+
+
+def paired_bootstrap(a: PromptValues, b: PromptValues, *, resamples: int = 1000, level: float = 0.95,
+                     seed: int = 0) -> dict:
+    """``a - b`` on the same prompts: the difference on all prompts, its percentile interval under
+    the same resamples of prompts for both, and a two-sided bootstrap p-value for "no difference"."""
+    ba, bb = resampled([a, b], resamples=resamples, seed=seed)
+    return _paired(a, b, ba, bb, level)
 
 
 def report(per_prompt: dict[str, list[dict]], *, ppl_variant: str = "token", baseline: str = "none",
@@ -152,15 +170,15 @@ def report(per_prompt: dict[str, list[dict]], *, ppl_variant: str = "token", bas
     stacked = {m: stack_seeds(v, ppl_variant) for m, v in per_prompt.items()}
     out = {"resamples": resamples, "level": level, "seed": seed, "unit": "prompt", "baseline": None,
            "intervals": {}, "paired": {}}
+    keys = [(m, k) for m, vals in stacked.items() for k in vals]
+    boots = dict(zip(keys, resampled([stacked[m][k] for m, k in keys], resamples=resamples, seed=seed)))
     for m, vals in stacked.items():
-        out["intervals"][m] = {k: bootstrap_ci(v, resamples=resamples, level=level, seed=seed)
-                               for k, v in vals.items()}
+        out["intervals"][m] = {k: _interval(v, boots[m, k], level) for k, v in vals.items()}
     if baseline in stacked:
         out["baseline"] = baseline
         for m, vals in stacked.items():
             if m == baseline:
                 continue
-            out["paired"][m] = {k: paired_bootstrap(v, stacked[baseline][k], resamples=resamples, level=level,
-                                                    seed=seed)
+            out["paired"][m] = {k: _paired(v, stacked[baseline][k], boots[m, k], boots[baseline, k], level)
                                 for k, v in vals.items() if k in stacked[baseline]}
     return out
