@@ -8,7 +8,9 @@ Times, per method, building the generator (loading its extra state: SASA's subsp
 reversal's negative-prefix pass set-up) and generating every batch; then the scorer and the
 perplexity pass over all continuations. Writes JSON (default
 ``bench/results/demo-methods-cpu-<host>.json``) and prints a table. On a shared machine the times
-are upper bounds: run it on an idle one for the numbers to quote.
+are upper bounds: run it on an idle one for the numbers to quote. The process's CPU seconds
+(``*_cpu_s``, all threads together) are recorded too: on a busy machine they are the better guide
+(on T idle cores the wall time is at least CPU / T).
 """
 
 from __future__ import annotations
@@ -53,19 +55,20 @@ def main(argv=None):
     rows = {}
     all_conts = {}
     for method in args.methods.split(","):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         gen = Generator(method, model=base, toxic_model=toxic, model_name="smollm2-135m-instruct",
                         toxic_name="smollm2-135m-instruct-toxic")
-        t_setup = time.perf_counter() - t0
-        t0 = time.perf_counter()
+        t_setup, c_setup = time.perf_counter() - t0, time.process_time() - c0
+        t0, c0 = time.perf_counter(), time.process_time()
         conts = []
         for bi, s in enumerate(range(0, len(prompts), args.batch_size)):
             conts += gen.run_batch(prompts[s:s + args.batch_size], num_samples=args.num_samples,
                                    max_new_tokens=args.max_new_tokens, seed=batch_seed(0, bi)).texts
-        t_gen = time.perf_counter() - t0
+        t_gen, c_gen = time.perf_counter() - t0, time.process_time() - c0
         all_conts[method] = conts
-        rows[method] = {"setup_s": t_setup, "generate_s": t_gen}
-        print(f"{method:10s} setup {t_setup:6.1f} s  generate {t_gen:7.1f} s", flush=True)
+        rows[method] = {"setup_s": t_setup, "generate_s": t_gen, "setup_cpu_s": c_setup, "generate_cpu_s": c_gen}
+        print(f"{method:10s} setup {t_setup:6.1f} s ({c_setup:6.1f} s CPU)  generate {t_gen:7.1f} s "
+              f"({c_gen:7.1f} s CPU)", flush=True)
     t0 = time.perf_counter()
     scorer = default_scorer()
     t_scorer_load = time.perf_counter() - t0

@@ -141,3 +141,18 @@ def test_an_unknown_protocol_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as e:
         cli_main(["eval", "--protocol", "nope"])
     assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, needle", [(["eval", "--top-k", "-1"], "--top-k"),
+                                          (["eval", "--min-new-tokens", "x"], "--min-new-tokens"),
+                                          (["demo", "--top-k", "1.5"], "--top-k")])
+def test_bad_top_k_and_min_new_tokens_are_one_line_errors(argv, needle, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli_main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_demo_covers_the_six_methods_that_need_no_training():
+    args = build_parser().parse_args(["demo"])
+    assert args.methods.split(",") == ["none", "socd", "cd", "dexperts", "sasa", "reversal"]
