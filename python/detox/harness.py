@@ -12,8 +12,11 @@ Output directory:
                                                another scorer or metric reuses it, and an
                                                interrupted run continues after its last batch
     ppl/<generation file>-<ppl model hash>.json  cached per-sample NLL of the continuations
-    results.json    every metric per method (mean, std, per seed), configuration, versions
-    report.md       the table (and the scorer, variants, dropped-PPL counts)
+    results.json    every metric per method (mean, std, per seed), configuration, versions; "statistics":
+                    bootstrap intervals over prompts and paired differences to "none" (detox.stats);
+                    "protocol": the protocol's settings and deviations (detox.protocols)
+    report.md       the table with the intervals (and the scorer, variants, dropped-PPL counts, the
+                    paired differences, the protocol)
     toxicity_vs_perplexity.png, max_toxicity_distribution.png
 """
 
