@@ -16,6 +16,7 @@ are upper bounds: run it on an idle one for the numbers to quote. The process's 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -84,7 +85,7 @@ def main(argv=None):
     result = {"what": "detox demo per-method time", "prompts": desc, "num_samples": args.num_samples,
               "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "load_models_s": t_load,
               "load_scorer_s": t_scorer_load, "toxic_model": args.toxic_model or "embedded", "methods": rows,
-              "env": env_info("cpu")}
+              "env": env_info("cpu", load_average_1_5_15=os.getloadavg(), cpu_count=os.cpu_count())}
     print(f"\n{'method':10s} {'setup':>7s} {'generate':>9s} {'score':>7s} {'ppl':>7s}   (seconds; "
           f"{len(prompts)} prompts x {args.num_samples} x {args.max_new_tokens} tokens, {torch.get_num_threads()} threads)")
     for m, r in rows.items():
