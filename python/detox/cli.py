@@ -16,6 +16,7 @@ from .resumable import SettingsMismatch
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_TOXIC = "smollm2-135m-instruct-toxic"
+DEMO_METHODS = "none,socd,cd,dexperts,sasa,reversal"  # every method that needs no training beyond the toxic model
 
 
 def _method_settings(args, names):
@@ -200,7 +201,8 @@ def _eval_config(args, methods, prompts, limit, num_samples, seeds):
         filters["challenging"] = True
     return EvalConfig(methods=methods, model=args.model, toxic_model=args.toxic_model, prompts=prompts, limit=limit,
                       num_samples=num_samples, max_new_tokens=args.max_new_tokens, top_p=args.top_p,
-                      temperature=args.temperature, seeds=seeds, scorer=args.scorer, ppl_model=args.ppl_model,
+                      temperature=args.temperature, top_k=args.top_k, min_new_tokens=args.min_new_tokens, seeds=seeds,
+                      scorer=args.scorer, ppl_model=args.ppl_model,
                       batch_size=args.batch_size, threshold=args.threshold, strict=not args.inclusive,
                       ppl_variant=args.ppl_variant, dist_variant=args.dist_variant,
                       method_settings=_method_settings(args, methods), prompt_filters=filters, device=str(device),
@@ -224,12 +226,20 @@ def _method_list(text: str) -> list[str]:
 def cmd_eval(args) -> int:
     from .harness import run_eval, table
 
+    from . import protocols
+
+    given = protocols.given_options(args)  # before anything reads the options
     methods = _method_list(args.methods)
     cfg = _eval_config(args, methods, args.prompts, args.limit, args.num_samples, args.seeds)
     engine = engine_kwargs(args)
+    if args.protocol:
+        protocols.apply(cfg, args.protocol, given)  # the options the user gave win
     with OutputLock(args.out, directory=True):
         res = run_eval(cfg, args.out, **engine)
     print()
+    if args.protocol:
+        print(f"protocol {args.protocol}: {len(cfg.protocol['deviations'])} deviations from the paper, listed in "
+              f"report.md")
     print(f"scorer: {res['scorer']}; prompts: {res['prompts']}")
     print(table(res))
     print(f"results: {os.path.join(args.out, 'results.json')}, report: {os.path.join(args.out, 'report.md')}")
@@ -247,8 +257,8 @@ def cmd_demo(args) -> int:
     methods = _method_list(args.methods)
     cfg = _eval_config(args, methods, args.prompts, args.limit, args.num_samples, [args.seed])
     engine = engine_kwargs(args)
-    print("detox demo: SoCD and the contrastive baselines against plain sampling, on real toxic prompts, "
-          "with the embedded models (fetched and cached on first run).")
+    print("detox demo: SoCD, the contrastive baselines, SASA and toxification reversal against plain sampling, on real "
+          "toxic prompts, with the embedded models (fetched and cached on first run).")
     with OutputLock(args.out, directory=True):
         if cfg.toxic_model is None and registry.needs_toxic(methods):
             cfg.toxic_model = resolve_toxic_model(None)  # made once and cached
@@ -261,11 +271,11 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def _add_eval_options(p, *, limit, num_samples, seeds, out, batch_size=8):
+def _add_eval_options(p, *, limit, num_samples, seeds, out, batch_size=8, methods="none,socd,cd,dexperts"):
     from . import methods as registry
 
-    p.add_argument("--methods", default="none,socd,cd,dexperts",
-                   help=f"comma-separated methods: {', '.join(registry.names())} (default: none,socd,cd,dexperts)")
+    p.add_argument("--methods", default=methods,
+                   help=f"comma-separated methods: {', '.join(registry.names())} (default: {methods})")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"base model (default: {DEFAULT_MODEL})")
     p.add_argument("--toxic-model", default=None, help=f"toxic model (default: {DEFAULT_TOXIC}, made on first use)")
     p.add_argument("--prompts", default=None,
@@ -278,6 +288,10 @@ def _add_eval_options(p, *, limit, num_samples, seeds, out, batch_size=8):
     p.add_argument("--max-new-tokens", type=positive_int, default=20, help="tokens per continuation, >= 1 (default: 20)")
     p.add_argument("--top-p", type=unit_interval, default=0.9, help="nucleus sampling top-p, in (0, 1]; 1 = no truncation (default: 0.9)")
     p.add_argument("--temperature", type=positive_float, default=1.0, help="sampling temperature, > 0 (default: 1.0)")
+    p.add_argument("--top-k", type=nonnegative_int, default=0,
+                   help="top-k filter before top-p, >= 0; 0 = off (default: 0; HuggingFace's generate would use 50)")
+    p.add_argument("--min-new-tokens", type=nonnegative_int, default=0,
+                   help="end of text is suppressed until this many new tokens, >= 0 (default: 0)")
     p.add_argument("--scorer", default=None,
                    help="toxicity scorer: jigsaw, profanity, detoxify:CKPT[:CONFIG_DIR], or a local HuggingFace "
                         "classifier directory (default: Detoxify if configured, else jigsaw)")
@@ -404,13 +418,24 @@ def build_parser() -> argparse.ArgumentParser:
                                    "so rerunning resumes an interrupted run and re-scoring does not regenerate.")
     _add_eval_options(e, limit=None, num_samples=25, seeds="0", out="detox-eval")
     e.add_argument("--seeds", type=seed_list, default=[0], help="comma-separated integer seeds >= 0; mean ± std over them (default: 0)")
+    from . import protocols
+
+    e.add_argument("--protocol", default=None, choices=protocols.names(),
+                   help="a paper's evaluation settings (samples, tokens, top-p/top-k, min new tokens, seeds, PPL and "
+                        "Dist-n variants, TP rule, prompt filter; docs/harness.md); options given here win, and the "
+                        "report lists every setting and every deviation from the paper")
+    protocols.mark_defaults(e)  # so that the options given can be told from the defaults
     e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("demo", help="the main job: evaluate every method on real toxic prompts, embedded models",
                        description="Fetch the embedded assets, make the toxic SmolLM2 if it is not cached, evaluate "
-                                   "plain sampling, SoCD, CD and DExperts on held-out RealToxicityPrompts prompts "
-                                   "and print the table; the report is written to --out.")
-    _add_eval_options(d, limit=32, num_samples=4, seeds="0", out="detox-demo", batch_size=16)
+                                   "plain sampling, SoCD, CD, DExperts, SASA and toxification reversal on held-out "
+                                   "RealToxicityPrompts prompts and print the table with bootstrap confidence "
+                                   "intervals over prompts; the report is written to --out.")
+    # 24 prompts x 3 samples x 20 tokens: six methods inside 5 minutes on 2 cores once the models are cached
+    # (extrapolated from per-method times, bench/bench_demo_methods.py)
+    _add_eval_options(d, limit=24, num_samples=3, seeds="0", out="detox-demo", batch_size=16,
+                      methods=DEMO_METHODS)
     d.add_argument("--seed", type=nonnegative_int, default=0, help="random seed, >= 0 (default: 0)")
     d.set_defaults(func=cmd_demo)
 

@@ -13,9 +13,12 @@ Output directory:
                                                interrupted run continues after its last batch
     ppl/<generation file>-<ppl model hash>.json  cached per-sample NLL of the continuations
     results.json    every metric per method (mean, std, per seed), configuration, versions (the
-                    same bytes from a rerun and from either engine)
+                    same bytes from a rerun and from either engine); "statistics": bootstrap intervals
+                    over prompts and paired differences to "none" (detox.stats); "protocol": the
+                    protocol's settings and deviations (detox.protocols)
     run.json        the engine and the wall time of the last run
-    report.md       the table (and the scorer, variants, dropped-PPL counts)
+    report.md       the table with the intervals (and the scorer, variants, dropped-PPL counts, the
+                    paired differences, the protocol)
     toxicity_vs_perplexity.png, max_toxicity_distribution.png
 """
 
@@ -33,6 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import metrics as M
+from . import stats as S
 from . import methods as registry
 from .generation.driver import Generator, batch_seed
 from .resumable import JsonlAppender, read_records, write_atomic, write_json_atomic
@@ -49,6 +53,8 @@ class EvalConfig:
     max_new_tokens: int = 20
     top_p: float = 0.9
     temperature: float = 1.0
+    top_k: int = 0  # 0 = no top-k filter (HuggingFace's generate would apply 50)
+    min_new_tokens: int = 0  # EOS suppressed until this many new tokens
     seeds: list = field(default_factory=lambda: [0])
     scorer: str | None = None
     ppl_model: str | None = None  # default: the base model
@@ -64,6 +70,10 @@ class EvalConfig:
     # available (bfloat16 there), else the CPU (float32); a loaded `model=` pair decides when left "auto"
     device: str = "auto"
     dtype: str = "auto"
+    # set by detox.protocols.apply: the protocol's name, settings and deviations from its paper
+    protocol: dict | None = None
+    bootstrap_resamples: int = 1000  # resamples of prompts for the confidence intervals (0 = none)
+    confidence: float = 0.95
 
 
 def _hash(obj) -> str:
@@ -102,7 +112,10 @@ def generation_key(cfg: EvalConfig, method: str, seed: int, prompts: list[str], 
     (``model_content``: fingerprints, see :func:`detox.models.model_fingerprint`)."""
     return _hash({"prompts": _hash(prompts), "method": method, "seed": seed, "n": cfg.num_samples,
                   "max_new_tokens": cfg.max_new_tokens, "top_p": cfg.top_p, "temperature": cfg.temperature,
-                  "batch_size": cfg.batch_size, "settings": gen_settings, "model_content": model_content or {}})
+                  "batch_size": cfg.batch_size, "settings": gen_settings, "model_content": model_content or {},
+                  # only when set, so that the files of runs without them keep their names
+                  **({"top_k": cfg.top_k} if cfg.top_k else {}),
+                  **({"min_new_tokens": cfg.min_new_tokens} if cfg.min_new_tokens else {})})
 
 
 def generate_cached(gen: Generator, cfg: EvalConfig, prompts: list[str], seed: int, out_dir: str,
@@ -135,7 +148,8 @@ def generate_shard(gen: Generator, cfg: EvalConfig, chunk: list[str], seed: int,
     """The generation-file records of shard ``bi`` (prompts ``start ..``), seeded from (seed, bi)
     only: every engine and every worker makes the same ones."""
     res = gen.run_batch(chunk, num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens,
-                        top_p=cfg.top_p, temperature=cfg.temperature, seed=batch_seed(seed, bi))
+                        top_p=cfg.top_p, temperature=cfg.temperature, seed=batch_seed(seed, bi),
+                        top_k=cfg.top_k, min_new_tokens=cfg.min_new_tokens)
     # the method's extra outputs (CMD: "chains") are kept beside the continuations
     return [{"prompt_index": start + i, "continuations": c, **{k: v[i] for k, v in res.extras.items()}}
             for i, c in enumerate(res.texts)]
@@ -204,7 +218,9 @@ def run_eval(cfg: EvalConfig, out_dir: str, progress: bool = True, scorer=None, 
                             "tp_rate": f"per-continuation rate, {'>' if cfg.strict else '>='} {cfg.threshold}",
                             "ppl": f"{cfg.ppl_variant}-weighted conditional PPL, samples with PPL >= 1e4 dropped",
                             "dist": f"Dist-n {cfg.dist_variant}, whitespace tokens"}}
-    per_prompt_max = {}
+    if cfg.protocol:
+        results["protocol"] = cfg.protocol
+    per_prompt_max, per_prompt = {}, {}
     for method in cfg.methods:
         runs = []
         for seed in cfg.seeds:
@@ -219,6 +235,8 @@ def run_eval(cfg: EvalConfig, out_dir: str, progress: bool = True, scorer=None, 
                 **{f"dist{n}": M.distinct_n(conts, n, variant=cfg.dist_variant) for n in (1, 2, 3)},
             })
             per_prompt_max.setdefault(method, []).extend(max(s) for s in scores)
+            per_prompt.setdefault(method, []).append(
+                S.prompt_values(scores, nll, threshold=cfg.threshold, strict=cfg.strict, ppl_variant=cfg.ppl_variant))
         summary = {}
         for k in ("emt", "tp", "tp_rate", "ppl", "dist1", "dist2", "dist3"):
             m, s = M.mean_std([r[k] for r in runs])
@@ -226,6 +244,9 @@ def run_eval(cfg: EvalConfig, out_dir: str, progress: bool = True, scorer=None, 
         summary["ppl_dropped"] = sum(r["ppl_dropped"] for r in runs)
         results["methods"][method] = {"summary": summary, "runs": runs, "settings": work.settings(method)}
     results["per_prompt_max_toxicity"] = per_prompt_max
+    if cfg.bootstrap_resamples:
+        results["statistics"] = S.report(per_prompt, ppl_variant=cfg.ppl_variant, resamples=cfg.bootstrap_resamples,
+                                         level=cfg.confidence)
     # results.json holds only what the evaluation computed (the same bytes from either engine and on
     # a rerun); the wall time and the engine are in run.json and the report
     write_json_atomic(os.path.join(out_dir, "results.json"), results)
@@ -373,13 +394,44 @@ def _fmt(s, digits=3):
     return f"{s['mean']:.{digits}f}"
 
 
+def _ci(results, method, metric, digits):
+    iv = (results.get("statistics") or {}).get("intervals", {}).get(method, {}).get(metric)
+    if not iv or math.isnan(iv["low"]):
+        return ""
+    return f" [{iv['low']:.{digits}f}, {iv['high']:.{digits}f}]"
+
+
 def table(results: dict) -> str:
+    """The results table; with statistics, each toxicity and PPL value has its bootstrap interval
+    over prompts in brackets."""
     head = "| method | EMT ↓ | TP ↓ | toxic rate ↓ | PPL ↓ | Dist-1 ↑ | Dist-2 ↑ | Dist-3 ↑ |\n|---|---|---|---|---|---|---|---|\n"
     rows = []
     for m, r in results["methods"].items():
         s = r["summary"]
-        rows.append(f"| {m} | {_fmt(s['emt'])} | {_fmt(s['tp'])} | {_fmt(s['tp_rate'])} | {_fmt(s['ppl'], 1)} | "
-                    f"{_fmt(s['dist1'])} | {_fmt(s['dist2'])} | {_fmt(s['dist3'])} |")
+        c = {k: _ci(results, m, k, d) for k, d in (("emt", 3), ("tp", 3), ("tp_rate", 3), ("ppl", 1))}
+        rows.append(f"| {m} | {_fmt(s['emt'])}{c['emt']} | {_fmt(s['tp'])}{c['tp']} | {_fmt(s['tp_rate'])}{c['tp_rate']} "
+                    f"| {_fmt(s['ppl'], 1)}{c['ppl']} | {_fmt(s['dist1'])} | {_fmt(s['dist2'])} | {_fmt(s['dist3'])} |")
+    return head + "\n".join(rows) + "\n"
+
+
+def paired_table(results: dict) -> str:
+    """Each method minus the baseline on the same prompts: the difference, its bootstrap interval
+    and the two-sided p-value ('' when there is no baseline in the run)."""
+    st = results.get("statistics") or {}
+    if not st.get("paired"):
+        return ""
+    head = (f"| method − {st['baseline']} | ΔEMT | ΔTP | Δtoxic rate | ΔPPL |\n|---|---|---|---|---|\n")
+    rows = []
+    for m, d in st["paired"].items():
+        cells = []
+        for k, digits in (("emt", 3), ("tp", 3), ("tp_rate", 3), ("ppl", 1)):
+            v = d.get(k)
+            if v is None or math.isnan(v["difference"]):
+                cells.append("n/a")
+            else:
+                cells.append(f"{v['difference']:+.{digits}f} [{v['low']:+.{digits}f}, {v['high']:+.{digits}f}] "
+                             f"p = {v['p_value']:.3g}")
+        rows.append(f"| {m} | " + " | ".join(cells) + " |")
     return head + "\n".join(rows) + "\n"
 
 
@@ -391,7 +443,10 @@ def write_report(results: dict, out_dir: str) -> None:
         f"- prompts: {results['prompts']}",
         f"- model: `{cfg['model']}`; toxic model: `{cfg['toxic_model'] or 'smollm2-135m-instruct-toxic (embedded)'}`",
         f"- {cfg['num_samples']} continuations × {cfg['max_new_tokens']} tokens per prompt, top-p {cfg['top_p']}, "
-        f"T {cfg['temperature']}, seeds {cfg['seeds']}",
+        f"top-k {cfg.get('top_k') or 'off'}, min new tokens {cfg.get('min_new_tokens', 0)}, "
+        f"T {cfg['temperature']}, seeds {cfg['seeds']}"
+        + (f"; protocol **{results['protocol']['name']}** (settings and deviations below)" if results.get("protocol")
+           else ""),
         f"- toxicity scorer: **{results['scorer']}**; perplexity model: `{results['ppl_model']}`",
         f"- device: {results.get('device', 'cpu')} ({results.get('device_name', '?')}), "
         f"models in {results.get('dtype', 'float32')}",
@@ -403,6 +458,19 @@ def write_report(results: dict, out_dir: str) -> None:
         "TP: share of prompts with at least one toxic continuation; toxic rate: share of toxic continuations.",
         "",
     ]
+    st = results.get("statistics")
+    if st:
+        lines += [f"In brackets: {st['level']:.0%} percentile bootstrap interval over prompts ({st['resamples']} "
+                  f"resamples, seed {st['seed']}; a prompt's continuations under every seed are resampled together).",
+                  ""]
+        pt = paired_table(results)
+        if pt:
+            lines += [f"Paired bootstrap against `{st['baseline']}` (the same resamples of prompts for both; "
+                      f"p: two-sided, for no difference):", "", pt]
+    if results.get("protocol"):
+        from .protocols import markdown
+
+        lines += [markdown(results["protocol"])]
     dropped = {m: r["summary"]["ppl_dropped"] for m, r in results["methods"].items() if r["summary"]["ppl_dropped"]}
     if dropped:
         lines.append(f"Continuations dropped from PPL (PPL ≥ 1e4): {dropped}\n")
@@ -423,10 +491,16 @@ def _plots(results: dict, out_dir: str) -> list[str]:
         return []
     names = []
     fig, ax = plt.subplots(figsize=(5, 4))
+    intervals = (results.get("statistics") or {}).get("intervals", {})
     for m, r in results["methods"].items():
         s = r["summary"]
-        ax.errorbar(s["ppl"]["mean"], s["emt"]["mean"], xerr=s["ppl"]["std"] or None, yerr=s["emt"]["std"] or None,
-                    fmt="o", capsize=3, label=m)
+        xerr, yerr = s["ppl"]["std"] or None, s["emt"]["std"] or None
+        iv = intervals.get(m, {})
+        if iv.get("ppl") and not math.isnan(iv["ppl"]["low"]):  # the bootstrap interval over prompts
+            xerr = [[max(0.0, s["ppl"]["mean"] - iv["ppl"]["low"])], [max(0.0, iv["ppl"]["high"] - s["ppl"]["mean"])]]
+        if iv.get("emt") and not math.isnan(iv["emt"]["low"]):
+            yerr = [[max(0.0, s["emt"]["mean"] - iv["emt"]["low"])], [max(0.0, iv["emt"]["high"] - s["emt"]["mean"])]]
+        ax.errorbar(s["ppl"]["mean"], s["emt"]["mean"], xerr=xerr, yerr=yerr, fmt="o", capsize=3, label=m)
         ax.annotate(m, (s["ppl"]["mean"], s["emt"]["mean"]), textcoords="offset points", xytext=(5, 5))
     ax.set_xlabel("perplexity (lower is more fluent)")
     ax.set_ylabel("expected maximum toxicity")
