@@ -4,7 +4,7 @@
 # ratios against eager-fp32 (torch.topk) are measured interleaved inside that run.
 #   bash bench/socd_cpu_before_after.sh OLD_C.so [rounds] [bench_socd args...]
 # e.g. OLD_C.so = the _C*.so of the main branch before this change. Results:
-# bench/results/socd-cpu-before-after/{before,after}-<round>.json and a printed table per run.
+# $OUT_DIR (default bench/results/socd-cpu-before-after)/{before,after}-<round>.json and a printed table.
 set -euo pipefail
 old_so=$1; shift
 rounds=${1:-3}; shift || true
@@ -17,7 +17,7 @@ trap 'rm -rf "$tmp"' EXIT
 cp -r "$root/detox_kernels" "$root/bench" "$tmp/"
 rm -f "$tmp"/detox_kernels/_C*.so
 cp "$old_so" "$tmp/detox_kernels/$(basename "$(ls "$root"/detox_kernels/_C*.so | head -1)")"
-out="$root/bench/results/socd-cpu-before-after"
+out="${OUT_DIR:-$root/bench/results/socd-cpu-before-after}"
 mkdir -p "$out"
 for r in $(seq 1 "$rounds"); do
   (cd "$tmp" && PYTHONPATH="$tmp:$root/python" DETOX_COMMIT="$(git -C "$root" rev-parse HEAD)" \

@@ -41,7 +41,7 @@ inline float exp_nonpos(float x) {
 constexpr int64_t kChunk = 1024;  // columns per partial sum (float within, double across)
 constexpr int kBins1 = 2048;      // first radix round: the 11 top bits of the ordered key
 
-// Merged per-row values, written by thread 0 between barriers.
+// Merged per-row values: each thread merges the partials into its own copy (same order, same result).
 struct RowShared {
   float mx, my, lse_x, lse_y, d, alpha;
   double sx, sy;
@@ -54,7 +54,7 @@ struct RowShared {
 // Per-thread partial results of one row.
 struct ThreadPart {
   float mx, my;
-  int flags;
+  int flags, klflags;
   std::vector<uint32_t> hist;  // kBins1
   std::vector<uint32_t> gu;    // the boundary bin's ordered keys ...
   std::vector<int32_t> gi;     // ... and ids, ascending
@@ -66,7 +66,6 @@ struct RowScratch {
   std::vector<float> part;      // 4 float partial sums per chunk
   std::vector<double> dpart;    // one divergence partial per chunk
   std::vector<ThreadPart> tp;   // one per thread
-  RowShared sh;
   void prepare(int64_t v, int nt) {
     const size_t n = static_cast<size_t>(v), nc = static_cast<size_t>((v + kChunk - 1) / kChunk);
     if (ea.size() < n) {

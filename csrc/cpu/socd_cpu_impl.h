@@ -35,7 +35,9 @@ void socd_row_mt(const T* x, const T* y, T* out, const SocdParams& p, float* alp
   int64_t c0, c1;
   chunk_range(nc, tid, nt, &c0, &c1);
   const int64_t j0 = c0 * kChunk, j1 = std::min(V, c1 * kChunk);
-  RowShared& sh = s.sh;
+  // Merged values: every thread merges the partials itself (in the same order, so all agree) instead
+  // of thread 0 merging between two barriers; only thread 0 writes the statistics.
+  RowShared sh;
   ThreadPart& tp = s.tp[tid];
 
   // The padded tail and, for rows left unchanged, the whole row: out = x.
@@ -63,7 +65,7 @@ void socd_row_mt(const T* x, const T* y, T* out, const SocdParams& p, float* alp
     tp.flags = bad;
   }
   DETOX_SOCD_BARRIER(nt);
-  if (tid == 0) {
+  {
     float mx = ninf, my = ninf;
     int bad = 0;
     for (int t = 0; t < nt; ++t) {
@@ -74,13 +76,12 @@ void socd_row_mt(const T* x, const T* y, T* out, const SocdParams& p, float* alp
     sh.mx = mx;
     sh.my = my;
     sh.skip = bad || mx == ninf || my == ninf || V == 0;
-    if (sh.skip) {
+    if (sh.skip && tid == 0) {
       *alpha_out = 0.f;
       *div_out = std::numeric_limits<float>::quiet_NaN();
       *k_out = 0;
     }
   }
-  DETOX_SOCD_BARRIER(nt);
   if (sh.skip) {
     copy_range(j0, j1);
     return;
@@ -116,7 +117,7 @@ void socd_row_mt(const T* x, const T* y, T* out, const SocdParams& p, float* alp
       part[4 * c + 2] = cax;
       part[4 * c + 3] = cay;
     }
-    tp.flags = fkl_inf | (rkl_inf << 1);
+    tp.klflags = fkl_inf | (rkl_inf << 1);  // not flags: others may still read those
   } else {
     float* ea_buf = s.ea.data();
     float* eb_buf = s.eb.data();
@@ -137,7 +138,7 @@ void socd_row_mt(const T* x, const T* y, T* out, const SocdParams& p, float* alp
     }
   }
   DETOX_SOCD_BARRIER(nt);
-  if (tid == 0) {
+  {
     double sx = 0.0, sy = 0.0, ax = 0.0, ay = 0.0;
     for (int64_t c = 0; c < nc; ++c) {  // chunk order: independent of nt
       sx += part[4 * c + 0];
@@ -154,8 +155,8 @@ void socd_row_mt(const T* x, const T* y, T* out, const SocdParams& p, float* alp
     if (kl) {
       int fkl_inf = 0, rkl_inf = 0;
       for (int t = 0; t < nt; ++t) {
-        fkl_inf |= s.tp[t].flags & 1;
-        rkl_inf |= (s.tp[t].flags >> 1) & 1;
+        fkl_inf |= s.tp[t].klflags & 1;
+        rkl_inf |= (s.tp[t].klflags >> 1) & 1;
       }
       const double lx = static_cast<double>(mx) + std::log(sx), ly = static_cast<double>(my) + std::log(sy);
       const float fkl = fkl_inf ? pinf : static_cast<float>(ax / sx - lx + ly);
@@ -163,7 +164,6 @@ void socd_row_mt(const T* x, const T* y, T* out, const SocdParams& p, float* alp
       sh.d = div == int(Divergence::FKL) ? fkl : div == int(Divergence::RKL) ? rkl : 0.5f * (fkl + rkl);
     }
   }
-  DETOX_SOCD_BARRIER(nt);
 
   // Pass 3: divergences of the normalised distributions, from the kept exponentials.
   if (!kl) {
@@ -205,28 +205,31 @@ void socd_row_mt(const T* x, const T* y, T* out, const SocdParams& p, float* alp
       }
     }
     DETOX_SOCD_BARRIER(nt);
-    if (tid == 0) {
+    {
       double acc = 0.0;
       for (int64_t c = 0; c < nc; ++c) acc += dpart[c];
       sh.d = div == int(Divergence::L2) ? static_cast<float>(std::sqrt(acc)) : static_cast<float>(0.5 * acc);
     }
   }
-  if (tid == 0) {
+  {
     const float d = sh.d;
-    *div_out = d;
+    if (tid == 0) *div_out = d;
     if (!std::isfinite(d)) {
       sh.skip = true;
-      *alpha_out = 0.f;
-      *k_out = 0;
+      if (tid == 0) {
+        *alpha_out = 0.f;
+        *k_out = 0;
+      }
     } else {
       sh.alpha = socd_alpha(d);
       sh.k = socd_k(sh.alpha, p);
-      *alpha_out = sh.alpha;
       sh.skip = sh.k <= 0;  // nothing to select: the row is copied
-      if (sh.skip) *k_out = 0;
+      if (tid == 0) {
+        *alpha_out = sh.alpha;
+        if (sh.skip) *k_out = 0;
+      }
     }
   }
-  DETOX_SOCD_BARRIER(nt);
   if (sh.skip) {
     copy_range(j0, j1);
     return;
@@ -246,15 +249,20 @@ void socd_row_mt(const T* x, const T* y, T* out, const SocdParams& p, float* alp
     for (int64_t j = j0; j < j1; ++j) ++h[u[j] >> 21];  // bin 0 holds exactly the non-candidates
   }
   DETOX_SOCD_BARRIER(nt);
-  if (tid == 0) {
-    uint32_t* h = s.tp[0].hist.data();
-    for (int t = 1; t < nt; ++t) {
-      const uint32_t* ht = s.tp[t].hist.data();
-      for (int b = 0; b < kBins1; ++b) h[b] += ht[b];
+  {
+    uint32_t hm[kBins1];
+    const uint32_t* h = s.tp[0].hist.data();
+    if (nt > 1) {
+      std::copy(h, h + kBins1, hm);
+      for (int t = 1; t < nt; ++t) {
+        const uint32_t* ht = s.tp[t].hist.data();
+        for (int b = 0; b < kBins1; ++b) hm[b] += ht[b];
+      }
+      h = hm;
     }
     const int64_t npos = V - h[0];
     const int64_t m = std::min<int64_t>(sh.k, npos);
-    *k_out = static_cast<int32_t>(m);
+    if (tid == 0) *k_out = static_cast<int32_t>(m);
     sh.need_eq = 0;
     if (m == npos) {
       sh.thr = 0u;  // every candidate
@@ -271,7 +279,6 @@ void socd_row_mt(const T* x, const T* y, T* out, const SocdParams& p, float* alp
       sh.m = m;
     }
   }
-  DETOX_SOCD_BARRIER(nt);
 
   // Pass 5: gather the boundary bin (ids ascending within a thread, threads in id order).
   if (sh.bin >= 0) {
@@ -287,7 +294,7 @@ void socd_row_mt(const T* x, const T* y, T* out, const SocdParams& p, float* alp
       }
     }
     DETOX_SOCD_BARRIER(nt);
-    if (tid == 0) {
+    {
       // Refine on bits 20..10, then 9..0, among the gathered elements.
       const int64_t need = sh.m - sh.gt;  // how many of the boundary bin to take (>= 1)
       uint32_t h2[2048];
@@ -315,7 +322,6 @@ void socd_row_mt(const T* x, const T* y, T* out, const SocdParams& p, float* alp
       sh.thr = (b << 21) | (static_cast<uint32_t>(b2) << 10) | static_cast<uint32_t>(b3);
       sh.need_eq = need2 - cum3;  // ties at thr to take, lowest ids first (>= 1)
     }
-    DETOX_SOCD_BARRIER(nt);
   }
 
   // Pass 6: the write.
@@ -347,13 +353,16 @@ void socd_row_mt(const T* x, const T* y, T* out, const SocdParams& p, float* alp
       }
     }
   }
-  DETOX_SOCD_BARRIER(nt);
-  if (tid == 0 && sh.need_eq > 0) {
-    int64_t left = sh.need_eq;
+  // The ties at thr, lowest ids first: each thread writes those in its own columns, after the ties
+  // of the threads before it (their gathered lists are complete since the gather's barrier).
+  if (sh.need_eq > 0) {
     const uint32_t thr = sh.thr;
-    for (int t = 0; t < nt && left > 0; ++t) {
-      const std::vector<uint32_t>& gu = s.tp[t].gu;
-      const std::vector<int32_t>& gi = s.tp[t].gi;
+    int64_t left = sh.need_eq;
+    for (int t = 0; t < tid && left > 0; ++t)
+      for (uint32_t v : s.tp[t].gu) left -= v == thr;
+    {
+      const std::vector<uint32_t>& gu = tp.gu;
+      const std::vector<int32_t>& gi = tp.gi;
       for (size_t i = 0; i < gu.size() && left > 0; ++i) {
         if (gu[i] != thr) continue;
         const int32_t j = gi[i];
