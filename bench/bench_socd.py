@@ -10,7 +10,8 @@ models on held-out RTP prompts over several decode steps (``bench/socd_logits.py
 cached under ``~/.cache/detox-kernels/bench/``; ``--prompts FILE`` for another prompt file). V =
 49,152 is the models' own vocabulary; V = 32,000 and 151,936 (no offline model has them) are rows
 with the real rows' statistics (columns of the real rows drawn per row, the same for base and
-toxic). ``synthetic`` is the old ``y = x + N(0, 1)``, ``x = 3 N(0, 1)``: an extra row only.
+toxic; ``--logits FILE.pt`` takes a captured file instead, e.g. copied to a GPU machine without the
+models). ``synthetic`` is the old ``y = x + N(0, 1)``, ``x = 3 N(0, 1)``: an extra row only.
 
 Baselines on the same inputs: ``reference`` (the float64 PyTorch reference, what the tests
 compare against) and ``eager-fp32`` (plain float32 PyTorch: softmaxes and torch.topk, the fastest
@@ -142,6 +143,9 @@ def main(argv=None):
                          "--synthetic-vocabs only")
     ap.add_argument("--synthetic-vocabs", default="49152")
     ap.add_argument("--prompts", default=None, help="prompt file for the real logits (default: embedded held-out RTP)")
+    ap.add_argument("--logits", default=None,
+                    help="a captured logits file (socd_logits cache, .pt) to use instead of capturing: e.g. on a "
+                         "GPU machine without the models")
     ap.add_argument("--threads", default=None,
                     help="CPU: comma-separated torch thread counts, each a full pass (default: all, then 1)")
     ap.add_argument("--divergence", default="l2")
@@ -160,7 +164,9 @@ def main(argv=None):
     backends = op_backends(socd_mod, dev, args.backends)
     peak = measure_copy_bandwidth() if dev == "cuda" else None
     kinds = [s for s in args.inputs.split(",") if s]
-    data = socd_logits.capture(args.prompts, quiet=True) if "real" in kinds else None
+    data = None
+    if "real" in kinds:
+        data = torch.load(args.logits) if args.logits else socd_logits.capture(args.prompts, quiet=True)
     threads = ([int(t) for t in args.threads.split(",")] if args.threads
                else ([torch.get_num_threads(), 1] if dev == "cpu" and torch.get_num_threads() > 1
                      else [torch.get_num_threads()]))
