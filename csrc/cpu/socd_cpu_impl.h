@@ -334,21 +334,28 @@ void socd_row_mt(const T* x, const T* y, T* out, const SocdParams& p, float* alp
       const float* xf = reinterpret_cast<const float*>(x);
       const float* yf = reinterpret_cast<const float*>(y);
       float* of = reinterpret_cast<float*>(out);
+      // The product goes through memory so that it is not fused with the subtraction (an FMA
+      // rounds once; the contract, and the CUDA kernel the emulation test compares bit for bit,
+      // round the product and the difference separately).
+      float* prod = s.ea.data();
+#pragma omp simd
+      for (int64_t j = j0; j < j1; ++j) prod[j] = alpha * bits_to_float(float_to_bits(yf[j]) & sign_mask);
 #pragma omp simd
       for (int64_t j = j0; j < j1; ++j) {
         const float a = xf[j];
-        const float sub = bits_to_float(float_to_bits(yf[j]) & sign_mask);
-        const float nv = a - alpha * sub;
+        const float nv = a - prod[j];
         const uint32_t keep = static_cast<uint32_t>(u[j] > thr) - 1u;  // all ones: leave x
         of[j] = bits_to_float((float_to_bits(nv) & ~keep) | (float_to_bits(a) & keep));
       }
     } else {
+      float* prod = s.ea.data();  // as above: not fused
+#pragma omp simd
+      for (int64_t j = j0; j < j1; ++j) prod[j] = alpha * bits_to_float(float_to_bits(to_float(y[j])) & sign_mask);
 #pragma omp simd
       for (int64_t j = j0; j < j1; ++j) {
         const float a = to_float(x[j]);
-        const float sub = bits_to_float(float_to_bits(to_float(y[j])) & sign_mask);
         const T xv = x[j];
-        const T nv = from_float<T>(a - alpha * sub);
+        const T nv = from_float<T>(a - prod[j]);
         out[j] = u[j] > thr ? nv : xv;
       }
     }
@@ -368,7 +375,8 @@ void socd_row_mt(const T* x, const T* y, T* out, const SocdParams& p, float* alp
         const int32_t j = gi[i];
         const float a = to_float(x[j]);
         const float b = to_float(y[j]);
-        out[j] = from_float<T>(a - sh.alpha * (p.signed_sub ? b : std::fabs(b)));
+        volatile float pr = sh.alpha * (p.signed_sub ? b : std::fabs(b));  // not fused (as above)
+        out[j] = from_float<T>(a - pr);
         --left;
       }
     }
