@@ -341,8 +341,13 @@ def test_scorers_take_the_device():
 
             return np.full((len(texts), 1), 0.25)
 
+    import detox.scorers as scorers_pkg
+
     register_scorer("fixed-test", lambda: Fixed())  # a factory without a device: it is left out
-    assert list(load_scorer("fixed-test", device="cpu").score(["a", "b"])) == [0.25, 0.25]
+    try:
+        assert list(load_scorer("fixed-test", device="cpu").score(["a", "b"])) == [0.25, 0.25]
+    finally:
+        scorers_pkg._FACTORIES.pop("fixed-test", None)  # the registry is global: leave it as it was
     if not (HAS_CUDA and torch.cuda.device_count() > 7):
         with pytest.raises(DeviceError, match="scorer device cuda:7"):
             load_scorer("jigsaw", device="cuda:7")

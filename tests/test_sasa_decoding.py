@@ -219,7 +219,8 @@ def test_driver_and_cli_generate_with_sasa(tiny, tmp_path, monkeypatch):
 
     sub = Subspace(tiny["w"], tiny["m"], tiny["dir"]).save(str(tmp_path / "s.safetensors"))
     model = (tiny["llama"], tiny["tok"])
-    plain = Generator("none", model=model).generate_batch(PROMPTS, num_samples=2, max_new_tokens=6, seed=3)
+    plain = Generator("none", model=model, decode="hf").generate_batch(PROMPTS, num_samples=2, max_new_tokens=6,
+                                                                       seed=3)
     # K = the whole vocabulary: nothing lies outside the candidates, so beta = 0 is generate()'s
     # sampling draw for draw (with K < V, 'keep' is plain sampling in distribution; tested above)
     zero = Generator("sasa", model=model, settings=dict(subspace=sub, beta=0.0,
