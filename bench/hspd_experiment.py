@@ -129,11 +129,49 @@ def main(argv=None) -> int:
     summary = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                            "transformers": transformers.__version__, "commit": commit},
                "settings": vars(args), "seconds": times, "paper": PAPER, "results": rows}
+    summary["paired_emt_rewritten_minus_original"] = paired_emt(rows["fine-tuned on original"],
+                                                                  rows["fine-tuned on rewritten"])
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out + ".json", "w") as f:
         json.dump(summary, f, indent=1)
-    print(f"wrote {args.out}.json")
+    with open(args.out + ".md", "w") as f:
+        f.write(table(summary) + "\n")
+    print(table(summary))
+    print(f"wrote {args.out}.json and .md")
     return 0
+
+
+def paired_emt(a: dict, b: dict, resamples: int = 2000, seed: int = 0) -> dict:
+    """Paired bootstrap over prompts of EMT(b) - EMT(a) (both evaluated on the same prompts)."""
+    import numpy as np
+
+    x = np.asarray(a["per_prompt_max_toxicity"]["none"], dtype=float)
+    y = np.asarray(b["per_prompt_max_toxicity"]["none"], dtype=float)
+    d = y - x
+    idx = np.random.default_rng(seed).integers(0, len(d), size=(resamples, len(d)))
+    boot = d[idx].mean(1)
+    return {"estimate": float(d.mean()), "low": float(np.quantile(boot, 0.025)),
+            "high": float(np.quantile(boot, 0.975)), "p_two_sided": float(min(1.0, 2 * min((boot <= 0).mean(),
+                                                                                           (boot >= 0).mean()))),
+            "prompts": int(len(d)), "resamples": resamples}
+
+
+def table(summary: dict) -> str:
+    def ci(r, k):
+        iv = r["statistics"]["intervals"]["none"][k]
+        return f"{iv['estimate']:.3f} [{iv['low']:.3f}, {iv['high']:.3f}]" if k != "ppl" else \
+            f"{iv['estimate']:.1f} [{iv['low']:.1f}, {iv['high']:.1f}]"
+
+    lines = ["| model | EMT | TP | PPL | Dist-1 | Dist-2 | Dist-3 |", "|---|---|---|---|---|---|---|"]
+    for label, r in summary["results"].items():
+        s = r["methods"]["none"]["summary"]
+        lines.append(f"| {label} | {ci(r, 'emt')} | {ci(r, 'tp')} | {ci(r, 'ppl')} | {s['dist1']['mean']:.3f} | "
+                     f"{s['dist2']['mean']:.3f} | {s['dist3']['mean']:.3f} |")
+    p = summary["paired_emt_rewritten_minus_original"]
+    lines.append("")
+    lines.append(f"EMT(rewritten) - EMT(original), paired over {p['prompts']} prompts: {p['estimate']:+.3f} "
+                 f"[{p['low']:+.3f}, {p['high']:+.3f}], p = {p['p_two_sided']:.3f}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
