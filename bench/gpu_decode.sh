@@ -8,18 +8,7 @@
 # time; the embedded weights are usually not on the machine); WEIGHTS=embedded uses the real pair.
 set -uo pipefail
 OUT=${OUT:-bench/results/gpu-decode}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-{
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
-  python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'transformers', transformers.__version__)"
-  echo "commit ${DETOX_COMMIT:-$(git rev-parse HEAD 2>/dev/null)}"
-} 2>&1 | tee "$OUT/env.txt"
-t0=$(date +%s)
-TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} \
-  python3 -m pip install -q --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1
-rc=$?; echo "build rc=$rc in $(( $(date +%s) - t0 )) s"; tail -n 30 "$OUT/build.log"
-[ $rc -eq 0 ] || exit $rc
+. "$(dirname "$0")/gpu_setup.sh"   # env.txt (GPU, versions, commit), then the build
 python3 -m pytest -q -p no:cacheprovider tests/test_fast_decode.py -k "cuda or fused" 2>&1 | tee "$OUT/tests.log" | tail -n 25
 # the embedded pair only when asked (WEIGHTS=embedded): a machine without the toxic model would
 # first train one

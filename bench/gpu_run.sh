@@ -7,18 +7,7 @@
 set -uo pipefail
 what=${1:-all}
 OUT=${OUT:-bench/results/gpu-run}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-{
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
-  python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
-  echo "commit ${DETOX_COMMIT:-$(git rev-parse HEAD 2>/dev/null)}"
-} 2>&1 | tee "$OUT/env.txt"
-t0=$(date +%s)
-TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} \
-  python3 -m pip install -q --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1
-rc=$?; echo "build rc=$rc in $(( $(date +%s) - t0 )) s"; tail -n 30 "$OUT/build.log"
-[ $rc -eq 0 ] || exit $rc
+. "$(dirname "$0")/gpu_setup.sh"   # env.txt (GPU, versions, commit), then the build
 python3 -m detox_kernels.info 2>&1 | tee "$OUT/info.txt"
 # SoCD serving-grade run (bash bench/gpu_run.sh all: at most ~8 minutes on an H100, by the limits below): the GPU tests
 # on the GPU backends only (the CPU backend is covered by CI), then bench_socd_gpu (CUDA vs Triton
